@@ -1,0 +1,56 @@
+# The two commands a newcomer runs: `make demo` and `make test` (both set everything up first).
+#   TORCH=...   the torch requirement installed into the venv (default: the pinned CPU build)
+#   VENV=...    the virtual environment (default: .venv)
+#   MAX_JOBS=N  parallel compile jobs
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+MAX_JOBS ?= 2
+PY := $(abspath $(VENV))/bin/python
+STAMP := $(VENV)/.deps-installed
+CMAKE_BUILD ?= build/cmake
+
+.PHONY: setup build test test-python test-cpp demo bench lint format clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+# In-place build: ninja recompiles only what changed. Users install with pip (README).
+build: setup
+	MAX_JOBS=$(MAX_JOBS) $(PY) setup.py -q build_ext --inplace
+
+test: test-python test-cpp
+
+test-python: build
+	$(PY) -m pytest python_tests -q
+
+# C++ tests (shared headers, op registration) through the CMake developer build and ctest.
+test-cpp: setup
+	cmake -S . -B $(CMAKE_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release \
+		-DPython_EXECUTABLE=$(PY) -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')" >/dev/null
+	cmake --build $(CMAKE_BUILD) -j $(MAX_JOBS)
+	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
+
+# The main job: every kernel against its baselines, printed as ratio tables.
+demo: build
+	$(PY) -m benchmarks.run
+
+bench: demo
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(VENV)/bin/clang-format --dry-run -Werror $$(git ls-files 'csrc/*.cpp' 'csrc/*.h' 'csrc/*.cu' 'csrc/*.cuh' 'tests_cpp/*.cpp')
+
+format: setup
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+	$(VENV)/bin/clang-format -i $$(git ls-files 'csrc/*.cpp' 'csrc/*.h' 'csrc/*.cu' 'csrc/*.cuh' 'tests_cpp/*.cpp')
+
+clean:
+	rm -rf build quantnoise_kernels/*.so .pytest_cache .benchmarks

@@ -1,0 +1,25 @@
+// Every op schema of the library, in one place (DESIGN §2). Device kernels register their
+// implementations in csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu; fake kernels and autograd
+// formulas live in quantnoise_kernels/ops.py.
+#include <Python.h>
+#include <torch/library.h>
+
+// _C is an empty Python module: importing it loads this library, whose static initialisers
+// register the ops with the dispatcher. No pybind11, so one wheel serves every CPython >= 3.9.
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(quantnoise, m) {
+  // Fused Quant-Noise on the blocks of `weight` (DESIGN §3.1). Block b (block_size consecutive
+  // entries of a row of weight.reshape(out, -1)) is noised with probability p, drawn from
+  // Philox keyed by (seed, offset, b). noise="drop": noised blocks become 0, kept blocks are
+  // scaled by 1/(1-p) if rescale. straight_through selects the backward (ops.py); the
+  // forward ignores it. Returns a new contiguous tensor; weight is never written.
+  m.def(
+      "block_noise(Tensor weight, Tensor seed, float p, int block_size, int offset=0, bool rescale=True, "
+      "bool straight_through=True, str noise='drop') -> Tensor");
+}

@@ -1,0 +1,22 @@
+"""quantnoise_kernels: Quant-Noise training, iPQ compression and compressed inference kernels.
+
+Importing the package loads the compiled ops (``torch.ops.quantnoise.*``) and then the Python
+registrations (fake kernels, autograd) in :mod:`quantnoise_kernels.ops`.
+"""
+
+from __future__ import annotations
+
+try:
+    from . import _C  # noqa: F401  (loads the op library; must precede ops.py)
+except ImportError as error:  # never fall back silently to slow Python code
+    raise ImportError(
+        "quantnoise_kernels: the compiled extension quantnoise_kernels._C is missing or does not load "
+        f"({error}). Build it with `pip install --no-build-isolation -e .` (or `make build`) after "
+        "installing torch; for CUDA set CUDA_HOME and TORCH_CUDA_ARCH_LIST, see README.md."
+    ) from error
+
+from . import ops, reference  # noqa: E402
+from .noise import quant_noise, quant_noise_weight, remove_quant_noise  # noqa: E402
+
+__all__ = ["ops", "reference", "quant_noise", "quant_noise_weight", "remove_quant_noise"]
+__version__ = "0.1.0"

@@ -1,0 +1,169 @@
+"""Quant-Noise for modules: ``quant_noise(module, p, block_size)`` with fairseq's signature.
+
+Unlike fairseq's forward-pre-hook, which overwrote ``weight.data`` on every training forward,
+the noise here is applied to the weight *as used* in the forward, through the fused
+``block_noise`` op; the stored parameter is never written, ``state_dict`` keys do not change,
+eval mode is untouched and :func:`remove_quant_noise` undoes the wrapping.
+
+The module's class is swapped for a dynamic subclass whose ``forward`` noises the weight (as
+``torch.nn.utils.parametrize`` does), so the module stays an ``nn.Linear`` etc. for every
+``isinstance`` check, for ``torch.compile`` and for ``DistributedDataParallel``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import ops
+
+__all__ = ["QuantNoiseConfig", "quant_noise", "remove_quant_noise", "quant_noise_weight", "noised_weight"]
+
+_SUPPORTED = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantNoiseConfig:
+    """How a wrapped module noises its weight (stored as ``module.quant_noise_config``)."""
+
+    p: float
+    block_size: int
+    rescale: bool = True
+    straight_through: bool = True
+
+    @property
+    def scale(self) -> float:
+        """Factor applied to kept blocks: ``1/(1-p)`` with rescale, else 1."""
+        return 1.0 / (1.0 - self.p) if self.rescale else 1.0
+
+
+def _check_config(weight: Tensor, p: float, block_size: int, rescale: bool) -> None:
+    if not (isinstance(p, (int, float)) and math.isfinite(p) and 0.0 <= p <= 1.0 and not (rescale and p >= 1.0)):
+        raise ValueError(f"quant_noise: p must be in [0, 1), got {p!r}")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
+        raise ValueError(f"quant_noise: block_size must be a positive int, got {block_size!r}")
+    row = math.prod(weight.shape[1:])
+    if row % block_size != 0:
+        raise ValueError(
+            f"quant_noise: block_size must divide the weight's row length {row} "
+            f"(weight shape {tuple(weight.shape)}), got block_size={block_size}"
+        )
+
+
+def quant_noise_weight(
+    weight: Tensor,
+    p: float,
+    block_size: int,
+    *,
+    training: bool = True,
+    rescale: bool = True,
+    straight_through: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The functional form: ``weight`` with Quant-Noise, for weights used outside a module's forward.
+
+    For code that passes a weight straight to a functional op (e.g. ``q_proj.weight`` into
+    ``F.multi_head_attention_forward``). Returns ``weight`` itself when not training or ``p == 0``.
+    The seed comes from ``generator`` (default: torch's global RNG).
+    """
+    _check_config(weight, p, block_size, rescale)
+    if not training or p == 0:
+        return weight
+    seed = ops.draw_seed(generator)
+    return ops.block_noise(weight, p, block_size, seed, rescale=rescale, straight_through=straight_through)
+
+
+def noised_weight(module: nn.Module) -> Tensor:
+    """The weight of a :func:`quant_noise`-wrapped module as its forward would use it."""
+    config: QuantNoiseConfig = module.quant_noise_config
+    return quant_noise_weight(
+        module.weight,
+        config.p,
+        config.block_size,
+        training=module.training,
+        rescale=config.rescale,
+        straight_through=config.straight_through,
+    )
+
+
+def _noisy_forward(self, input: Tensor) -> Tensor:
+    config: QuantNoiseConfig = self.quant_noise_config
+    base = type(self).__mro__[1]  # the class the module had before wrapping
+    if not self.training or config.p == 0:
+        return base.forward(self, input)
+    # Kept blocks are scaled by s = 1/(1-p). The layers are linear in their input, so s is applied
+    # to the (small) activation instead of the (large) weight: the straight-through backward of
+    # the unscaled noise is then the identity, and no extra pass over the weight gradient is needed.
+    weight = ops.block_noise(
+        self.weight,
+        config.p,
+        config.block_size,
+        ops.draw_seed(),
+        rescale=False,
+        straight_through=config.straight_through,
+    )
+    s = config.scale
+    if isinstance(self, nn.Linear):
+        return F.linear(input * s if s != 1.0 else input, weight, self.bias)
+    if isinstance(self, (nn.Conv1d, nn.Conv2d)):
+        return self._conv_forward(input * s if s != 1.0 else input, weight, self.bias)
+    out = F.embedding(
+        input, weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse
+    )
+    return out * s if s != 1.0 else out
+
+
+_NOISY_CLASSES: dict[type, type] = {}
+
+
+def _noisy_class(cls: type) -> type:
+    if cls not in _NOISY_CLASSES:
+        _NOISY_CLASSES[cls] = type(f"QuantNoise{cls.__name__}", (cls,), {"forward": _noisy_forward})
+    return _NOISY_CLASSES[cls]
+
+
+def quant_noise(
+    module: nn.Module, p: float, block_size: int, *, rescale: bool = True, straight_through: bool = True
+) -> nn.Module:
+    """Wrap ``module`` so that its training forwards use a block-noised weight (fairseq's signature).
+
+    Args:
+        module: ``nn.Linear``, ``nn.Embedding``, ``nn.Conv1d`` or ``nn.Conv2d`` (any kernel size);
+            changed in place (its class) and returned.
+        p: fraction of blocks dropped in each training forward, in ``[0, 1)``; ``p == 0`` returns
+            ``module`` untouched, as fairseq does.
+        block_size: block length along a row of ``weight.reshape(out, -1)``; must divide it
+            (for a k x k conv, ``block_size = k*k`` makes one block one spatial kernel, as iPQ).
+        rescale: scale kept blocks by ``1/(1-p)`` (fairseq's behaviour).
+        straight_through: gradient reaches every weight entry (the paper's estimator); ``False``
+            gives the dropout-style gradient (zero on dropped blocks).
+
+    Returns:
+        ``module``. Its stored weights are never modified; eval mode is unaffected.
+    """
+    if not isinstance(module, _SUPPORTED):
+        names = ", ".join(c.__name__ for c in _SUPPORTED)
+        raise TypeError(f"quant_noise: module must be one of {names}, got {type(module).__name__}")
+    if hasattr(module, "quant_noise_config"):
+        raise ValueError(
+            f"quant_noise: module {type(module).__name__} is already wrapped; call remove_quant_noise first"
+        )
+    _check_config(module.weight, p, block_size, rescale)
+    if p == 0:
+        return module
+    module.quant_noise_config = QuantNoiseConfig(float(p), block_size, rescale, straight_through)
+    module.__class__ = _noisy_class(type(module))
+    return module
+
+
+def remove_quant_noise(module: nn.Module) -> nn.Module:
+    """Undo :func:`quant_noise`: restore the module's original class. Returns ``module``."""
+    if not hasattr(module, "quant_noise_config"):
+        raise ValueError(f"remove_quant_noise: module {type(module).__name__} is not wrapped by quant_noise")
+    module.__class__ = type(module).__mro__[1]
+    del module.quant_noise_config
+    return module

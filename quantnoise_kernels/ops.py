@@ -1,0 +1,97 @@
+"""Typed wrappers of the ``torch.ops.quantnoise`` ops, with their fake kernels and autograd.
+
+Each public function is one hop to the dispatcher, which picks the CPU or CUDA kernel. The fake
+kernels give ``torch.compile`` output metadata; they mirror the C++ checks that shape depends on.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["block_noise", "draw_seed"]
+
+_SEED_HIGH = 2**62
+
+
+def draw_seed(generator: torch.Generator | None = None) -> Tensor:
+    """Draw a Philox seed from torch's RNG, so ``torch.manual_seed`` makes noise reproducible.
+
+    Returns a 0-d int64 CPU tensor (a tensor, not an int, so ``torch.compile`` traces it).
+    """
+    return torch.randint(0, _SEED_HIGH, (), dtype=torch.int64, generator=generator)
+
+
+def _as_seed(seed: int | Tensor) -> Tensor:
+    if isinstance(seed, Tensor):
+        return seed
+    return torch.tensor(seed, dtype=torch.int64)
+
+
+def block_noise(
+    weight: Tensor,
+    p: float,
+    block_size: int,
+    seed: int | Tensor,
+    *,
+    offset: int = 0,
+    rescale: bool = True,
+    straight_through: bool = True,
+    noise: str = "drop",
+) -> Tensor:
+    """Fused Quant-Noise on the blocks of ``weight`` (one pass, no mask tensor).
+
+    ``weight`` is viewed as ``weight.reshape(out, -1)``; a block is ``block_size`` consecutive
+    entries of a row. Each block is noised with probability ``p`` from a Philox draw keyed by
+    ``(seed, offset, block index)``: the same seed gives the same mask on every device.
+
+    Args:
+        weight: ``[out, ...]`` float32/float16/bfloat16/float64; never modified.
+        p: noise rate in ``[0, 1)`` (``1`` allowed when ``rescale=False``).
+        block_size: block length; must divide the row length ``weight[0].numel()``.
+        seed: int or one-element int64 tensor (CPU or ``weight``'s device); see :func:`draw_seed`.
+        offset: second Philox counter word, to draw independent masks from one seed.
+        rescale: ``noise="drop"`` only: scale kept blocks by ``1/(1-p)`` (fairseq's default).
+        straight_through: backward passes ``s*grad`` to every entry (the paper's
+            ``W + stopgrad(mask*(phi(W)-W))``); ``False``: dropout-style, 0 on noised blocks.
+        noise: ``"drop"`` (noised blocks become 0).
+
+    Returns:
+        A new contiguous tensor of ``weight``'s shape and dtype.
+    """
+    return torch.ops.quantnoise.block_noise.default(
+        weight, _as_seed(seed), float(p), int(block_size), int(offset), bool(rescale), bool(straight_through), noise
+    )
+
+
+@torch.library.register_fake("quantnoise::block_noise")
+def _block_noise_fake(weight, seed, p, block_size, offset=0, rescale=True, straight_through=True, noise="drop"):
+    torch._check(
+        weight.dim() >= 2, lambda: f"quantnoise::block_noise: weight must be >= 2-D, got {tuple(weight.shape)}"
+    )
+    torch._check(block_size > 0, lambda: f"quantnoise::block_noise: block_size must be positive, got {block_size}")
+    return torch.empty_like(weight, memory_format=torch.contiguous_format)
+
+
+def _block_noise_setup_context(ctx, inputs, output):
+    _, seed, p, block_size, offset, rescale, straight_through, noise = inputs
+    ctx.save_for_backward(seed)
+    ctx.args = (p, block_size, offset, rescale, straight_through, noise)
+
+
+def _block_noise_backward(ctx, grad: Tensor):
+    (seed,) = ctx.saved_tensors
+    p, block_size, offset, rescale, straight_through, noise = ctx.args
+    scale = 1.0 / (1.0 - p) if (noise == "drop" and rescale) else 1.0
+    if straight_through:  # identity (times s) on every entry, as if no block were noised
+        grad_weight = grad * scale if scale != 1.0 else grad
+    else:  # dropout-style: s*grad on kept blocks, 0 on noised ones = the drop forward on grad
+        grad_weight = torch.ops.quantnoise.block_noise.default(
+            grad, seed, p, block_size, offset, scale != 1.0, False, "drop"
+        ).view_as(grad)
+    return grad_weight, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "quantnoise::block_noise", _block_noise_backward, setup_context=_block_noise_setup_context
+)

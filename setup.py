@@ -1,0 +1,75 @@
+"""Build quantnoise_kernels._C: the CPU kernels always, the CUDA kernels when asked or possible.
+
+Environment:
+  QUANTNOISE_CUDA=1   require the CUDA build (error if it cannot be built); =0 forces CPU only.
+                      Unset: CUDA is built when torch is a CUDA build and a toolkit is found.
+  CUDA_HOME           the CUDA toolkit (set it explicitly: a wrapper `nvcc` on PATH misleads torch).
+  TORCH_CUDA_ARCH_LIST  target architectures, e.g. "9.0" (required when no GPU is visible).
+  MAX_JOBS            parallel compile jobs (torch's ninja build honours it).
+  DEBUG=1             -O0 -g instead of -O3.
+"""
+
+import glob
+import os
+
+import torch
+from setuptools import find_packages, setup
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+CSRC = os.path.join(ROOT, "csrc")
+
+
+def want_cuda() -> bool:
+    """Decide the CUDA build without needing a GPU (torch.version.cuda, not is_available())."""
+    requested = os.environ.get("QUANTNOISE_CUDA", "")
+    if requested == "0":
+        return False
+    problems = []
+    if torch.version.cuda is None:
+        problems.append(f"torch {torch.__version__} is a CPU-only build (install a CUDA build of torch)")
+    if cpp_extension.CUDA_HOME is None:
+        problems.append("no CUDA toolkit found (set CUDA_HOME, e.g. CUDA_HOME=/usr/local/cuda)")
+    if requested == "1" and problems:
+        raise RuntimeError("QUANTNOISE_CUDA=1 but the CUDA extension cannot be built: " + "; ".join(problems))
+    if requested == "1" and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        raise RuntimeError("QUANTNOISE_CUDA=1 without a visible GPU: set TORCH_CUDA_ARCH_LIST, e.g. '9.0'")
+    return not problems
+
+
+def extension() -> cpp_extension.CppExtension:
+    debug = os.environ.get("DEBUG", "0") == "1"
+    opt = ["-O0", "-g"] if debug else ["-O3", "-g0", "-DNDEBUG"]
+    sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")) + glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
+    include_dirs = [os.path.join(CSRC, "include")]
+    args = {"cxx": opt + ["-Wall", "-fopenmp"]}  # at::parallel_for is OpenMP in the header
+    if not want_cuda():
+        return cpp_extension.CppExtension(
+            "quantnoise_kernels._C",
+            sources,
+            include_dirs=include_dirs,
+            extra_compile_args=args,
+            extra_link_args=["-fopenmp"],
+            py_limited_api=True,
+        )
+    sources += sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
+    # cuBLAS/cuSPARSE headers of pip-installed CUDA live in site-packages/nvidia/cu13/include.
+    nvidia = os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia")
+    include_dirs += sorted(glob.glob(os.path.join(nvidia, "cu*", "include")))
+    args["nvcc"] = opt + ["--expt-relaxed-constexpr"]
+    return cpp_extension.CUDAExtension(
+        "quantnoise_kernels._C",
+        sources,
+        include_dirs=include_dirs,
+        extra_compile_args=args,
+        extra_link_args=["-fopenmp"],
+        py_limited_api=True,
+    )
+
+
+setup(
+    packages=find_packages(include=["quantnoise_kernels", "quantnoise_kernels.*"]),
+    ext_modules=[extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension},
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+)
