@@ -22,4 +22,15 @@ TORCH_LIBRARY(quantnoise, m) {
   m.def(
       "block_noise(Tensor weight, Tensor seed, float p, int block_size, int offset=0, bool rescale=True, "
       "bool straight_through=True, str noise='drop') -> Tensor");
+
+  // y = input . block_noise(weight)^T + bias (noise="drop"), fused: the noised weight is never
+  // materialised (CPU: noised chunk by chunk into an L2-sized buffer). The mask is that of
+  // block_noise(weight, seed, p, block_size, offset), so the two ops agree exactly.
+  m.def(
+      "noisy_linear(Tensor input, Tensor weight, Tensor? bias, Tensor seed, float p, int block_size, int offset=0, "
+      "bool rescale=True, bool straight_through=True) -> Tensor");
+  // grad_output . block_noise(weight): the input gradient of noisy_linear.
+  m.def(
+      "noisy_linear_backward_input(Tensor grad_output, Tensor weight, Tensor seed, float p, int block_size, "
+      "int offset=0, bool rescale=True) -> Tensor");
 }

@@ -95,26 +95,16 @@ def _noisy_forward(self, input: Tensor) -> Tensor:
     base = type(self).__mro__[1]  # the class the module had before wrapping
     if not self.training or config.p == 0:
         return base.forward(self, input)
-    # Kept blocks are scaled by s = 1/(1-p). The layers are linear in their input, so s is applied
-    # to the (small) activation instead of the (large) weight: the straight-through backward of
-    # the unscaled noise is then the identity, and no extra pass over the weight gradient is needed.
-    weight = ops.block_noise(
-        self.weight,
-        config.p,
-        config.block_size,
-        ops.draw_seed(),
-        rescale=False,
-        straight_through=config.straight_through,
-    )
-    s = config.scale
-    if isinstance(self, nn.Linear):
-        return F.linear(input * s if s != 1.0 else input, weight, self.bias)
+    noise = {"p": config.p, "block_size": config.block_size, "seed": ops.draw_seed(), "rescale": config.rescale}
+    noise["straight_through"] = config.straight_through
+    if isinstance(self, nn.Linear):  # fused: the noised weight is never materialised
+        return ops.noisy_linear(input, self.weight, self.bias, **noise)
+    weight = ops.block_noise(self.weight, **noise)
     if isinstance(self, (nn.Conv1d, nn.Conv2d)):
-        return self._conv_forward(input * s if s != 1.0 else input, weight, self.bias)
-    out = F.embedding(
+        return self._conv_forward(input, weight, self.bias)
+    return F.embedding(
         input, weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse
     )
-    return out * s if s != 1.0 else out
 
 
 _NOISY_CLASSES: dict[type, type] = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["block_noise", "draw_seed"]
+__all__ = ["block_noise", "draw_seed", "noisy_linear"]
 
 _SEED_HIGH = 2**62
 
@@ -94,4 +94,93 @@ def _block_noise_backward(ctx, grad: Tensor):
 
 torch.library.register_autograd(
     "quantnoise::block_noise", _block_noise_backward, setup_context=_block_noise_setup_context
+)
+
+
+def noisy_linear(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    p: float,
+    block_size: int,
+    seed: int | Tensor,
+    *,
+    offset: int = 0,
+    rescale: bool = True,
+    straight_through: bool = True,
+) -> Tensor:
+    """``F.linear(input, block_noise(weight, ...), bias)`` without materialising the noised weight.
+
+    Same mask as :func:`block_noise` for the same ``(seed, offset)``. On the CPU the weight is
+    noised an L2-sized chunk of rows at a time and multiplied from there, so a noisy training
+    step costs about what a plain one does.
+
+    Args:
+        input: ``[..., in]``, weight's dtype and device.
+        weight: ``[out, in]``; never modified.
+        bias: ``[out]`` or ``None``.
+        p, block_size, seed, offset, rescale, straight_through: as :func:`block_noise` (``noise="drop"``).
+
+    Returns:
+        ``[..., out]``.
+    """
+    return torch.ops.quantnoise.noisy_linear.default(
+        input,
+        weight,
+        bias,
+        _as_seed(seed),
+        float(p),
+        int(block_size),
+        int(offset),
+        bool(rescale),
+        bool(straight_through),
+    )
+
+
+@torch.library.register_fake("quantnoise::noisy_linear")
+def _noisy_linear_fake(input, weight, bias, seed, p, block_size, offset=0, rescale=True, straight_through=True):
+    torch._check(weight.dim() == 2, lambda: f"quantnoise::noisy_linear: weight must be [out, in], got {weight.shape}")
+    torch._check(
+        input.shape[-1] == weight.shape[1],
+        lambda: f"quantnoise::noisy_linear: input must have shape [..., {weight.shape[1]}], got {tuple(input.shape)}",
+    )
+    return input.new_empty((*input.shape[:-1], weight.shape[0]))
+
+
+@torch.library.register_fake("quantnoise::noisy_linear_backward_input")
+def _noisy_linear_backward_input_fake(grad_output, weight, seed, p, block_size, offset=0, rescale=True):
+    return grad_output.new_empty((*grad_output.shape[:-1], weight.shape[1]))
+
+
+def _noisy_linear_setup_context(ctx, inputs, output):
+    input, weight, bias, seed, p, block_size, offset, rescale, straight_through = inputs
+    ctx.save_for_backward(input, weight, seed)
+    ctx.args = (p, block_size, offset, rescale, straight_through)
+
+
+def _noisy_linear_backward(ctx, grad: Tensor):
+    input, weight, seed = ctx.saved_tensors
+    p, block_size, offset, rescale, straight_through = ctx.args
+    grad_input = grad_weight = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_input = torch.ops.quantnoise.noisy_linear_backward_input.default(
+            grad, weight, seed, p, block_size, offset, rescale
+        )
+    g = grad.reshape(-1, weight.shape[0])
+    if ctx.needs_input_grad[1]:
+        x = input.reshape(-1, weight.shape[1])
+        scale = 1.0 / (1.0 - p) if rescale else 1.0
+        if straight_through:  # scale the small gradient, not the weight-sized product
+            grad_weight = (g * scale if scale != 1.0 else g).t().mm(x)
+        else:
+            grad_weight = torch.ops.quantnoise.block_noise.default(
+                g.t().mm(x), seed, p, block_size, offset, rescale, False, "drop"
+            )
+    if ctx.needs_input_grad[2]:
+        grad_bias = g.sum(0)
+    return grad_input, grad_weight, grad_bias, None, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "quantnoise::noisy_linear", _noisy_linear_backward, setup_context=_noisy_linear_setup_context
 )

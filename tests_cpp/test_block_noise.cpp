@@ -56,8 +56,10 @@ void test_threshold_edges() {
 
 // The CPU op drops exactly the blocks the header's rule selects, and scales the others.
 void test_cpu_op_matches_header_rule() {
-  const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("quantnoise::block_noise", "").typed<at::Tensor(
-      const at::Tensor&, const at::Tensor&, double, int64_t, int64_t, bool, bool, c10::string_view)>();
+  const auto op = c10::Dispatcher::singleton()
+                      .findSchemaOrThrow("quantnoise::block_noise", "")
+                      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double, int64_t, int64_t, bool, bool,
+                                        c10::string_view)>();
   const at::Tensor w = at::rand({16, 24}) + 1.0;  // strictly positive: zero means dropped
   const int64_t seed = 42, block_size = 4;
   const double p = 0.25;

@@ -5,38 +5,38 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
-#include "quantnoise/blocks.h"
+#include "block_noise_cpu.h"
 #include "quantnoise/checks.h"
 #include "quantnoise/cpu_alloc.h"
 
 namespace quantnoise {
 namespace {
 
-// out[b] = noised(b) ? 0 : scale * in[b], block by block. Groups of four blocks share one
-// Philox call. kBlock > 0 makes the block length a compile-time constant, so the loop over a
-// block unrolls into a few vector instructions; kBlock == 0 handles any length.
+// out[b] = noised(b) ? 0 : scale * in[b] for the local blocks b of a chunk whose first block
+// has global index `first`. Groups of four global blocks share one Philox call. kBlock > 0
+// makes the block length a compile-time constant, so the loop over a block unrolls into a few
+// vector instructions; kBlock == 0 handles any length.
 template <typename scalar_t, int64_t kBlock>
-void drop_blocks(const scalar_t* __restrict__ in, scalar_t* __restrict__ out, int64_t n_blocks,
+void drop_blocks(const scalar_t* __restrict__ in, scalar_t* __restrict__ out, int64_t first, int64_t n_blocks,
                  int64_t runtime_block, const BlockRng& rng, double scale) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t block_size = kBlock > 0 ? kBlock : runtime_block;
   const opmath_t s = static_cast<opmath_t>(scale);
-  const int64_t n_groups = (n_blocks + kBlocksPerDraw - 1) / kBlocksPerDraw;
+  const int64_t g_first = first / kBlocksPerDraw, g_last = (first + n_blocks - 1) / kBlocksPerDraw;
   // ~32 KiB of weight per task: small enough to balance, large enough to amortise.
   const int64_t grain = std::max<int64_t>(1, 8192 / (kBlocksPerDraw * block_size));
-  at::parallel_for(0, n_groups, grain, [&](int64_t g_begin, int64_t g_end) {
+  at::parallel_for(g_first, g_last + 1, grain, [&](int64_t g_begin, int64_t g_end) {
     for (int64_t g = g_begin; g < g_end; ++g) {
       const U32x4 lanes = rng.draw_group(g);
-      const int64_t b_end = std::min(n_blocks, (g + 1) * kBlocksPerDraw);
-      for (int64_t b = g * kBlocksPerDraw; b < b_end; ++b) {
+      const int64_t b_end = std::min(first + n_blocks, (g + 1) * kBlocksPerDraw);
+      for (int64_t b = std::max(first, g * kBlocksPerDraw); b < b_end; ++b) {
+        const scalar_t* __restrict__ src = in + (b - first) * block_size;
+        scalar_t* __restrict__ dst = out + (b - first) * block_size;
         // A dropped block is written as zeros (not 0 * w, which is NaN for an infinite w).
-        const opmath_t f = rng.noised(lanes, b) ? opmath_t(0) : s;
-        const scalar_t* __restrict__ src = in + b * block_size;
-        scalar_t* __restrict__ dst = out + b * block_size;
-        if (f == opmath_t(0)) {
+        if (rng.noised(lanes, b)) {
           for (int64_t i = 0; i < block_size; ++i) dst[i] = scalar_t(0);
         } else {
-          for (int64_t i = 0; i < block_size; ++i) dst[i] = static_cast<scalar_t>(f * static_cast<opmath_t>(src[i]));
+          for (int64_t i = 0; i < block_size; ++i) dst[i] = static_cast<scalar_t>(s * static_cast<opmath_t>(src[i]));
         }
       }
     }
@@ -44,14 +44,19 @@ void drop_blocks(const scalar_t* __restrict__ in, scalar_t* __restrict__ out, in
 }
 
 template <typename scalar_t>
-void drop_blocks_dispatch(const scalar_t* in, scalar_t* out, int64_t n_blocks, int64_t block_size,
+void drop_blocks_dispatch(const scalar_t* in, scalar_t* out, int64_t first, int64_t n_blocks, int64_t block_size,
                           const BlockRng& rng, double scale) {
   switch (block_size) {  // the block sizes iPQ uses; others take the generic loop
-    case 4: return drop_blocks<scalar_t, 4>(in, out, n_blocks, block_size, rng, scale);
-    case 8: return drop_blocks<scalar_t, 8>(in, out, n_blocks, block_size, rng, scale);
-    case 9: return drop_blocks<scalar_t, 9>(in, out, n_blocks, block_size, rng, scale);
-    case 16: return drop_blocks<scalar_t, 16>(in, out, n_blocks, block_size, rng, scale);
-    default: return drop_blocks<scalar_t, 0>(in, out, n_blocks, block_size, rng, scale);
+    case 4:
+      return drop_blocks<scalar_t, 4>(in, out, first, n_blocks, block_size, rng, scale);
+    case 8:
+      return drop_blocks<scalar_t, 8>(in, out, first, n_blocks, block_size, rng, scale);
+    case 9:
+      return drop_blocks<scalar_t, 9>(in, out, first, n_blocks, block_size, rng, scale);
+    case 16:
+      return drop_blocks<scalar_t, 16>(in, out, first, n_blocks, block_size, rng, scale);
+    default:
+      return drop_blocks<scalar_t, 0>(in, out, first, n_blocks, block_size, rng, scale);
   }
 }
 
@@ -63,17 +68,21 @@ at::Tensor block_noise_cpu(const at::Tensor& weight,  // [out, ...] float
   check_block_noise_args(weight, seed, p, block_size, rescale, noise);
   const at::Tensor w = weight.contiguous();
   at::Tensor out = empty_cpu_output(w.sizes(), w.options());
-  if (w.numel() == 0) return out;
-  const BlockRng rng = make_block_rng(seed_value_on_cpu(seed), offset, p);
-  const double scale = rescale ? 1.0 / (1.0 - p) : 1.0;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "block_noise_cpu", [&] {
-    drop_blocks_dispatch<scalar_t>(w.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), w.numel() / block_size,
-                          block_size, rng, scale);
-  });
+  drop_blocks_cpu(w, out, 0, block_size, make_block_rng(seed_value_on_cpu(seed), offset, p),
+                  rescale ? 1.0 / (1.0 - p) : 1.0);
   return out;
 }
 
 }  // namespace
+
+void drop_blocks_cpu(const at::Tensor& in, at::Tensor& out, int64_t first_block, int64_t block_size,
+                     const BlockRng& rng, double scale) {
+  if (in.numel() == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "drop_blocks_cpu", [&] {
+    drop_blocks_dispatch<scalar_t>(in.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), first_block,
+                                   in.numel() / block_size, block_size, rng, scale);
+  });
+}
 
 TORCH_LIBRARY_IMPL(quantnoise, CPU, m) { m.impl("block_noise", &block_noise_cpu); }
 

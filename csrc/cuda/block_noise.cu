@@ -2,8 +2,10 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty_like.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/matmul.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -32,16 +34,37 @@ at::Tensor block_noise_cuda(const at::Tensor& weight,  // [out, ...] float
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "block_noise_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    block_noise_drop_kernel<scalar_t, opmath_t><<<blocks, threads, 0, stream>>>(
-        w.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), w.numel(), block_size, rng, seed_ptr,
-        static_cast<opmath_t>(scale));
+    block_noise_drop_kernel<scalar_t, opmath_t>
+        <<<blocks, threads, 0, stream>>>(w.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), w.numel(),
+                                         block_size, rng, seed_ptr, static_cast<opmath_t>(scale));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }
 
+// noisy_linear on CUDA: the noised weight is materialised (one kernel, one pass) and fed to
+// cuBLAS; on the GPU that pass is cheap next to the GEMMs. Same mask as block_noise.
+at::Tensor noisy_linear_cuda(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                             const at::Tensor& seed, double p, int64_t block_size, int64_t offset, bool rescale,
+                             bool straight_through) {
+  check_noisy_linear_args(input, weight, bias, seed, p, block_size, rescale);
+  return at::linear(input, block_noise_cuda(weight, seed, p, block_size, offset, rescale, straight_through, "drop"),
+                    bias);
+}
+
+at::Tensor noisy_linear_backward_input_cuda(const at::Tensor& grad_output, const at::Tensor& weight,
+                                            const at::Tensor& seed, double p, int64_t block_size, int64_t offset,
+                                            bool rescale) {
+  check_noisy_linear_backward_args(grad_output, weight, seed, p, block_size, rescale);
+  return at::matmul(grad_output, block_noise_cuda(weight, seed, p, block_size, offset, rescale, true, "drop"));
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(quantnoise, CUDA, m) { m.impl("block_noise", &block_noise_cuda); }
+TORCH_LIBRARY_IMPL(quantnoise, CUDA, m) {
+  m.impl("block_noise", &block_noise_cuda);
+  m.impl("noisy_linear", &noisy_linear_cuda);
+  m.impl("noisy_linear_backward_input", &noisy_linear_backward_input_cuda);
+}
 
 }  // namespace quantnoise

@@ -25,8 +25,7 @@ struct BlockRng {
   // Four lanes: the draws of blocks 4g .. 4g+3.
   QN_INLINE U32x4 draw_group(int64_t group) const {
     const uint64_t g = static_cast<uint64_t>(group);
-    return philox4x32_10(U32x4{{static_cast<uint32_t>(g), static_cast<uint32_t>(g >> 32), off_lo, off_hi}},
-                         key0, key1);
+    return philox4x32_10(U32x4{{static_cast<uint32_t>(g), static_cast<uint32_t>(g >> 32), off_lo, off_hi}}, key0, key1);
   }
 
   QN_INLINE bool noised(const U32x4& lanes, int64_t block) const {

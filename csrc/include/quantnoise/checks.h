@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <optional>
 #include <string_view>
 
 namespace quantnoise {
@@ -25,6 +26,13 @@ int64_t seed_value_on_cpu(const at::Tensor& seed);
 // block_noise: weight [out, ...] float with row length divisible by block_size; p in [0, 1)
 // (p == 1 allowed without rescale); noise is one of the implemented kinds.
 void check_block_noise_args(const at::Tensor& weight, const at::Tensor& seed, double p, int64_t block_size,
-                            bool rescale, std::string_view noise);
+                            bool rescale, std::string_view noise, std::string_view op = "block_noise");
+
+// noisy_linear: input [..., in] with weight's dtype and device, weight [out, in], bias [out] or
+// None, and the block_noise conditions on weight.
+void check_noisy_linear_args(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                             const at::Tensor& seed, double p, int64_t block_size, bool rescale);
+void check_noisy_linear_backward_args(const at::Tensor& grad_output, const at::Tensor& weight, const at::Tensor& seed,
+                                      double p, int64_t block_size, bool rescale);
 
 }  // namespace quantnoise
