@@ -6,6 +6,8 @@ registrations (fake kernels, autograd) in :mod:`quantnoise_kernels.ops`.
 
 from __future__ import annotations
 
+import torch  # noqa: F401  (loads libtorch, which _C links against)
+
 try:
     from . import _C  # noqa: F401  (loads the op library; must precede ops.py)
 except ImportError as error:  # never fall back silently to slow Python code
