@@ -2,13 +2,13 @@
 // without materialising the noised weight. W is noised a chunk of rows at a time into a
 // buffer that stays in L2 and is multiplied from there, so the GEMM's read of W from memory is
 // the only pass over W: a noisy training step costs about what a plain one does.
-#include <ATen/core/Tensor.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
-#include <ATen/ops/sum.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -59,14 +59,15 @@ at::Tensor noisy_linear_cpu(const at::Tensor& input,                // [..., in]
   const at::Tensor w = weight.contiguous();
   const at::Tensor x = input.reshape({-1, w.size(1)});
   at::Tensor y = at::empty({x.size(0), w.size(0)}, input.options());
-  parallel_noised_chunks(w, seed, p, block_size, offset, rescale, [&](int, int64_t r0, int64_t n, const at::Tensor& chunk) {
-    at::Tensor y_chunk = y.narrow(1, r0, n);
-    if (bias.has_value()) {
-      at::addmm_out(y_chunk, bias->narrow(0, r0, n), x, chunk.t());
-    } else {
-      at::mm_out(y_chunk, x, chunk.t());
-    }
-  });
+  parallel_noised_chunks(w, seed, p, block_size, offset, rescale,
+                         [&](int, int64_t r0, int64_t n, const at::Tensor& chunk) {
+                           at::Tensor y_chunk = y.narrow(1, r0, n);
+                           if (bias.has_value()) {
+                             at::addmm_out(y_chunk, bias->narrow(0, r0, n), x, chunk.t());
+                           } else {
+                             at::mm_out(y_chunk, x, chunk.t());
+                           }
+                         });
   std::vector<int64_t> sizes(input.sizes().begin(), input.sizes().end() - 1);
   sizes.push_back(w.size(0));
   return y.view(sizes);
@@ -81,9 +82,10 @@ at::Tensor noisy_linear_backward_input_cpu(const at::Tensor& grad_output,  // [.
   const at::Tensor g = grad_output.reshape({-1, w.size(0)});
   // One partial sum per thread (summed at the end): deterministic for a given thread count.
   at::Tensor partials = at::zeros({at::get_num_threads(), g.size(0), w.size(1)}, grad_output.options());
-  parallel_noised_chunks(w, seed, p, block_size, offset, rescale, [&](int thread, int64_t r0, int64_t n, const at::Tensor& chunk) {
-    partials[thread].addmm_(g.narrow(1, r0, n), chunk);
-  });
+  parallel_noised_chunks(w, seed, p, block_size, offset, rescale,
+                         [&](int thread, int64_t r0, int64_t n, const at::Tensor& chunk) {
+                           partials[thread].addmm_(g.narrow(1, r0, n), chunk);
+                         });
   at::Tensor grad_input = partials.sum(0);
   std::vector<int64_t> sizes(grad_output.sizes().begin(), grad_output.sizes().end() - 1);
   sizes.push_back(w.size(1));
