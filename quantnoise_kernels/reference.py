@@ -75,3 +75,35 @@ def block_noise_fairseq(weight: Tensor, p: float, block_size: int) -> Tensor:
     mask = torch.zeros(w.numel() // block_size, device=weight.device).bernoulli_(p)
     mask = mask.repeat_interleave(block_size).view_as(w).bool()
     return (w.masked_fill(mask, 0) / (1 - p)).view(weight.shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# fairseq iPQ checkpoint format (pq-pipeline): the reconstruction rule of fairseq's PQ modules, the oracle of
+# `pq.from_fairseq_state_dict`. Written from the rule, independent of our layers and codes layout.
+
+
+def pq_decode_fairseq(centroids: Tensor, assignments: Tensor, weight_shape) -> Tensor:
+    """fairseq's ``weight`` property of PQLinear/PQEmbedding/PQConv2d.
+
+    ``centroids[assignments]`` -> ``(N, bs)`` -> reshape ``(row/bs, out, bs)`` (block index major) -> permute to
+    ``(out, row/bs, bs)`` -> ``(out, row)`` -> ``weight_shape`` (``(out, in/groups, kh, kw)`` for a conv).
+    """
+    out = weight_shape[0]
+    block_size = centroids.shape[1]
+    w = centroids[assignments].reshape(-1, out, block_size).permute(1, 0, 2)
+    return w.reshape(out, -1).reshape(tuple(weight_shape))
+
+
+def pq_encode_fairseq(weight: Tensor, centroids: Tensor) -> Tensor:
+    """Nearest-centroid ``assignments`` of ``weight``'s blocks in fairseq's order (n = j*out + o), int64.
+
+    fairseq's ``PQ._reshape``: ``(out, row/bs, bs)`` -> permute ``(bs, row/bs, out)`` -> columns are blocks.
+    Exact squared distances (no GEMM shortcut), lowest index on ties: for building test checkpoints.
+    """
+    out, block_size = weight.shape[0], centroids.shape[1]
+    cols = weight.reshape(out, -1, block_size).permute(1, 0, 2).reshape(-1, block_size)  # (row/bs * out, bs)
+    dist = ((cols[:, None, :].double() - centroids[None, :, :].double()) ** 2).sum(-1)
+    return dist.argmin(dim=1)
+
+
+__all__ += ["pq_decode_fairseq", "pq_encode_fairseq"]
