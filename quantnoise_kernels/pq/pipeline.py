@@ -373,8 +373,9 @@ def quantize_model_(
         hint = " (a doubled backslash `\\\\` matches a literal backslash)" if "\\\\" in pattern else ""
         logger.warning("quantize_model_: stage %d pattern %r matches no layer%s", step, pattern, hint)
 
+    # Plan first (types, config, block sizes, ties), so that a bad config leaves the model untouched.
     done: set[int] = set()
-    replaced: list[str] = []
+    plan = []
     for index, name in enumerate(matched):
         if _owner_is_pq(model, name):
             continue  # a parameter of a layer quantized at an earlier stage
@@ -413,6 +414,13 @@ def quantize_model_(
         block_size = get_param(module, name, block_sizes_config)
         n_centroids = get_param(module, name, n_centroids_config)
         _check_block_size(name, module, block_size, n_centroids)
+        for path, other in group:
+            _check_block_size(path, other, block_size, n_centroids)
+        done.add(id(weight))
+        plan.append((index, name, module, dense_cls, weight, group, block_size, n_centroids))
+
+    replaced: list[str] = []
+    for index, name, module, dense_cls, weight, group, block_size, n_centroids in plan:
         if verbose:
             logger.info("Quantizing layer %s with block size %d and %d centroids", name, block_size, n_centroids)
 
@@ -445,7 +453,6 @@ def quantize_model_(
         for path, other in group:
             if id(other) not in built:
                 other_cls = classes[_dense_class(other)]
-                _check_block_size(path, other, block_size, n_centroids)
                 bias = getattr(other, "bias", None)
                 tied = build_pq_layer(
                     other_cls,
@@ -463,7 +470,6 @@ def quantize_model_(
                 built[id(other)] = tied
             replace_module(model, path, built[id(other)])
             replaced.append(path)
-        done.add(id(weight))
         if size_tracker is not None:
             size_tracker.update(weight.detach(), block_size, n_centroids)
     return replaced

@@ -114,7 +114,7 @@ def save_compressed(model: nn.Module, path: str | os.PathLike) -> None:
     payload = {
         "format": FORMAT,
         "version": VERSION,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "layers": layers,
         "state_dict": rest,
     }
@@ -163,13 +163,11 @@ def load_compressed(
     if data.get("version") != VERSION:
         raise ValueError(f"load_compressed: file version {data.get('version')} is not supported (expected {VERSION})")
     classes = {dense.__name__: (dense, pq) for dense, pq in _layer_classes().items()}
-    restored: dict[str, nn.Module] = {}
-    names = []
+    # Check every layer before replacing any, so that a mismatch leaves the model untouched.
+    current_of: dict[str, nn.Module] = {}
     for entry in data["layers"]:
         name = entry["name"]
         if entry.get("same_module_as"):
-            replace_module(model, name, restored[entry["same_module_as"]])
-            names.append(name)
             continue
         try:
             current = model.get_submodule(name)
@@ -188,6 +186,18 @@ def load_compressed(
                     f"load_compressed: {name!r} has a weight of shape {tuple(current.weight.shape)} (rows {out} x "
                     f"{row}), the file holds {entry['weight_shape']}"
                 )
+        current_of[name] = current
+
+    restored: dict[str, nn.Module] = {}
+    names = []
+    for entry in data["layers"]:
+        name = entry["name"]
+        if entry.get("same_module_as"):
+            replace_module(model, name, restored[entry["same_module_as"]])
+            names.append(name)
+            continue
+        current = current_of[name]
+        _, pq_cls = classes[entry["dense_class"]]
         source = restored[entry["tied_to"]] if entry.get("tied_to") else None
         if source is not None:
             centroids, codes = source.centroids.detach(), source.interchange_codes()
