@@ -106,4 +106,28 @@ def pq_encode_fairseq(weight: Tensor, centroids: Tensor) -> Tensor:
     return dist.argmin(dim=1)
 
 
-__all__ += ["pq_decode_fairseq", "pq_encode_fairseq"]
+def ipq_em_iteration_fairseq(w_r: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
+    """One iteration of fairseq's iPQ EM as written (``pq/em.py``), the ``quantize_model_`` benchmark baseline.
+
+    ``w_r [bs, N]`` (columns are the blocks), ``centroids [K, bs]``. E-step with the broadcast ``(K, bs, N)``
+    distance temporary (Euclidean norms, no GEMM), ``argmin``; cluster counting with a Python ``Counter`` over
+    one ``.item()`` per block; M-step as a Python loop over centroids with a boolean-mask gather; objective.
+    Not included: the empty-cluster repair loop (each repair attempt costs fairseq one more full distance
+    pass), so this is a lower bound of fairseq's iteration. Returns ``(centroids, assignments)``.
+    """
+    from collections import Counter
+
+    distances = (w_r[None, :, :] - centroids[:, :, None]).norm(p=2, dim=1)  # (K, N)
+    assignments = distances.argmin(dim=0)
+    counts = Counter(a.item() for a in assignments)
+    _ = set(range(centroids.shape[0])) - set(counts)  # fairseq's empty set (repair loop not run)
+    centroids = centroids.clone()
+    for k in range(centroids.shape[0]):
+        members = w_r[:, assignments == k]
+        if members.shape[1] > 0:
+            centroids[k] = members.mean(dim=1)
+    _ = (centroids[assignments].t() - w_r).norm(p=2).item()  # fairseq logs the objective every step
+    return centroids, assignments
+
+
+__all__ += ["pq_decode_fairseq", "pq_encode_fairseq", "ipq_em_iteration_fairseq"]
