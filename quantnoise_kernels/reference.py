@@ -9,7 +9,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["philox4x32_10", "block_noise_mask", "block_noise", "block_noise_fairseq"]
+__all__ = [
+    "philox4x32_10",
+    "block_noise_mask",
+    "block_noise",
+    "block_noise_fairseq",
+    "kmeans_assign",
+    "kmeans_assign_addmm",
+    "kmeans_distances_fairseq",
+    "kmeans_update",
+]
 
 _MASK32 = 0xFFFFFFFF
 
@@ -131,3 +140,51 @@ def ipq_em_iteration_fairseq(w_r: Tensor, centroids: Tensor) -> tuple[Tensor, Te
 
 
 __all__ += ["pq_decode_fairseq", "pq_encode_fairseq", "ipq_em_iteration_fairseq"]
+
+
+def kmeans_assign(x: Tensor, centroids: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
+    """Reference of ``ops.kmeans_assign``: exact squared distances ``((x - c)**2).sum(-1)`` in fp32,
+    ``argmin`` (first index on ties), in chunks of ``chunk`` vectors. ``x [B, N, D]``, ``centroids [B, K, D]``.
+    """
+    x, c = x.float(), centroids.float()
+    codes, dist = [], []
+    for start in range(0, x.shape[1], chunk):
+        d2 = ((x[:, start : start + chunk, None, :] - c[:, None, :, :]) ** 2).sum(-1)  # [B, n, K]
+        best = d2.min(-1)
+        codes.append(d2.argmin(-1))
+        dist.append(best.values)
+    if not codes:
+        return x.new_empty(x.shape[:2], dtype=torch.int64), x.new_empty(x.shape[:2])
+    return torch.cat(codes, 1), torch.cat(dist, 1)
+
+
+def kmeans_assign_addmm(x: Tensor, centroids: Tensor, chunk: int = 65536) -> Tensor:
+    """Plain-torch baseline of the assignment: ``||c||^2 - 2 x.c`` by ``addmm`` and ``argmin``, chunked over N.
+
+    ``x [N, D]``, ``centroids [K, D]`` fp32; returns int64 codes ``[N]``. Near-ties may rank
+    differently from the exact distance (a GEMM's rounding); it is the speed baseline.
+    """
+    norms = (centroids * centroids).sum(1)
+    out = []
+    for start in range(0, x.shape[0], chunk):
+        scores = torch.addmm(norms, x[start : start + chunk], centroids.t(), alpha=-2.0)
+        out.append(scores.argmin(1))
+    return torch.cat(out)
+
+
+def kmeans_distances_fairseq(x_t: Tensor, centroids: Tensor) -> Tensor:
+    """fairseq's EM distance as written (``pq/em.py``): ``x_t [D, N]`` (columns are vectors),
+    ``centroids [K, D]``; broadcasts a ``(K, D, N)`` temporary and returns the (not squared) norms ``[K, N]``.
+    """
+    return (x_t[None, :, :] - centroids[:, :, None]).norm(p=2, dim=1)
+
+
+def kmeans_update(x: Tensor, codes: Tensor, n_centroids: int) -> tuple[Tensor, Tensor]:
+    """Reference of ``ops.kmeans_update`` (fp64 ``index_add_``): ``x [B, N, D]``, ``codes [B, N]``."""
+    batch, _, dim = x.shape
+    sums = torch.zeros(batch, n_centroids, dim, dtype=torch.float64, device=x.device)
+    counts = torch.zeros(batch, n_centroids, dtype=torch.int64, device=x.device)
+    for b in range(batch):
+        sums[b].index_add_(0, codes[b], x[b].double())
+        counts[b] = torch.bincount(codes[b], minlength=n_centroids)
+    return sums.float(), counts

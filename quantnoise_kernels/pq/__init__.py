@@ -14,7 +14,7 @@ from __future__ import annotations
 from .config import DEFAULT_CONFIG, load_config_yaml
 from .layers import PQConv2d, PQEmbedding, PQLinear
 from .pipeline import get_layers, get_param, quantize_model_
-from .quantizer import PQ, blocks_to_weight, from_fairseq_order, to_fairseq_order, weight_to_blocks
+from .quantizer import PQ, blocks_to_weight, codes_dtype, from_fairseq_order, to_fairseq_order, weight_to_blocks
 from .serialization import from_fairseq_state_dict, load_compressed, save_compressed
 from .size_tracker import HeldBytes, SizeTracker, held_bytes
 
@@ -24,6 +24,7 @@ __all__ = [
     "blocks_to_weight",
     "to_fairseq_order",
     "from_fairseq_order",
+    "codes_dtype",
     "PQLinear",
     "PQConv2d",
     "PQEmbedding",

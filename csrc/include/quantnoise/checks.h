@@ -9,6 +9,8 @@
 
 #include <string_view>
 
+#include "quantnoise/kmeans.h"
+
 namespace quantnoise {
 
 // "quantnoise::<op>: <argument> must ..., got <value>"
@@ -26,5 +28,14 @@ int64_t seed_value_on_cpu(const at::Tensor& seed);
 // (p == 1 allowed without rescale); noise is one of the implemented kinds.
 void check_block_noise_args(const at::Tensor& weight, const at::Tensor& seed, double p, int64_t block_size,
                             bool rescale, std::string_view noise);
+
+}  // namespace quantnoise
+
+namespace quantnoise {
+
+// kmeans_assign: x [B, N, D] and centroids [B, K, D] float32/float16/bfloat16 on one device,
+// 1 <= K <= kKMeansMaxCentroids. kmeans_update: codes [B, N] int64, 1 <= n_centroids <= max.
+void check_kmeans_assign_args(const at::Tensor& x, const at::Tensor& centroids);
+void check_kmeans_update_args(const at::Tensor& x, const at::Tensor& codes, int64_t n_centroids);
 
 }  // namespace quantnoise
