@@ -76,6 +76,88 @@ void check_kmeans_update_args(const at::Tensor& x, const at::Tensor& codes, int6
                  kKMeansMaxCentroids, "], got ", n_centroids);
   QN_CHECK_VALUE(x.device() == codes.device(), op, "codes must be on x's device ", x.device(), ", got ",
                  codes.device());
+PQShape check_pq_codebook_args(std::string_view op, const at::Tensor& codes, const at::Tensor& centroids,
+                               const std::optional<at::Tensor>& centroid_scale,
+                               const std::optional<at::Tensor>& centroid_zero_point, bool codes_transposed,
+                               const c10::Device& device) {
+  QN_CHECK_TYPE(codes.scalar_type() == at::kByte || codes.scalar_type() == at::kInt, op,
+                "codes must be uint8 or int32, got dtype ", codes.scalar_type());
+  QN_CHECK_VALUE(codes.dim() == 2, op, "codes must be 2-D ", codes_transposed ? "[n_blocks, out]" : "[out, n_blocks]",
+                 ", got shape ", codes.sizes());
+  QN_CHECK_TYPE(is_supported_float(centroids.scalar_type()) || centroids.scalar_type() == at::kChar, op,
+                "centroids must be float32, float16, bfloat16, float64 or int8, got dtype ", centroids.scalar_type());
+  QN_CHECK_VALUE(centroids.dim() == 2 && centroids.size(0) > 0 && centroids.size(1) > 0, op,
+                 "centroids must be 2-D [n_centroids, block_size] and non-empty, got shape ", centroids.sizes());
+  QN_CHECK_VALUE(codes.device() == device && centroids.device() == device, op,
+                 "codes and centroids must be on ", device, ", got ", codes.device(), " and ", centroids.device());
+  const int64_t K = centroids.size(0);
+  const bool is_int8 = centroids.scalar_type() == at::kChar;
+  QN_CHECK_VALUE(!is_int8 || centroid_scale.has_value(), op, "centroid_scale must be given for int8 centroids");
+  QN_CHECK_VALUE(is_int8 || (!centroid_scale.has_value() && !centroid_zero_point.has_value()), op,
+                 "centroid_scale/centroid_zero_point apply to int8 centroids only, got centroids of dtype ",
+                 centroids.scalar_type());
+  for (const auto* t : {&centroid_scale, &centroid_zero_point}) {
+    if (!t->has_value()) continue;
+    const at::Tensor& q = **t;
+    const char* name = t == &centroid_scale ? "centroid_scale" : "centroid_zero_point";
+    QN_CHECK_VALUE(q.numel() == 1 || (q.dim() == 1 && q.numel() == K), op, name,
+                   " must hold 1 or n_centroids=", K, " values, got shape ", q.sizes());
+    QN_CHECK_VALUE(q.device() == device || q.device().is_cpu(), op, name, " must be on ", device, ", got ",
+                   q.device());
+  }
+  const int64_t out = codes_transposed ? codes.size(1) : codes.size(0);
+  const int64_t n_blocks = codes_transposed ? codes.size(0) : codes.size(1);
+  // Codes must address a centroid; uint8 codes with K >= 256 always do, so skip the scan there.
+  if (codes.numel() > 0 && !(codes.scalar_type() == at::kByte && K >= 256)) {
+    const int64_t lo = codes.min().item<int64_t>(), hi = codes.max().item<int64_t>();
+    QN_CHECK_VALUE(lo >= 0 && hi < K, op, "codes must be in [0, n_centroids=", K, "), got values in [", lo, ", ", hi,
+                   "]");
+  }
+  return PQShape{out, n_blocks, K, centroids.size(1)};
+}
+
+void check_pq_linear_args(const at::Tensor& x, const PQShape& s, const std::optional<at::Tensor>& bias,
+                          int64_t act_bits, std::string_view act_granularity, std::string_view path) {
+  constexpr std::string_view op = "pq_linear";
+  QN_CHECK_TYPE(is_supported_float(x.scalar_type()), op, "x must be float32, float16, bfloat16 or float64, got dtype ",
+                x.scalar_type());
+  QN_CHECK_VALUE(x.dim() >= 1, op, "x must have at least 1 dimension [..., in_features], got shape ", x.sizes());
+  QN_CHECK_VALUE(x.size(-1) == s.n_blocks * s.block_size, op, "x must have in_features = n_blocks * block_size = ",
+                 s.n_blocks, " * ", s.block_size, " = ", s.n_blocks * s.block_size, " in its last dimension, got shape ",
+                 x.sizes());
+  if (bias.has_value()) {
+    QN_CHECK_TYPE(is_supported_float(bias->scalar_type()), op, "bias must be a float tensor, got dtype ",
+                  bias->scalar_type());
+    QN_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == s.out, op, "bias must have shape [out_features=", s.out,
+                   "], got shape ", bias->sizes());
+    QN_CHECK_VALUE(bias->device() == x.device(), op, "bias must be on ", x.device(), ", got ", bias->device());
+  }
+  QN_CHECK_VALUE(act_bits == 0 || (act_bits >= 2 && act_bits <= 16), op,
+                 "act_bits must be 0 (no activation fake-quant) or in [2, 16], got ", act_bits);
+  QN_CHECK_VALUE(act_granularity == "tensor" || act_granularity == "token", op,
+                 "act_granularity must be one of {'tensor', 'token'}, got '", act_granularity, "'");
+  QN_CHECK_VALUE(path == "auto" || path == "lut" || path == "tile", op,
+                 "path must be one of {'auto', 'lut', 'tile'}, got '", path, "'");
+}
+
+void check_pq_decode_shape(const PQShape& s, at::IntArrayRef shape) {
+  constexpr std::string_view op = "pq_decode";
+  int64_t row = 1;
+  for (size_t d = 1; d < shape.size(); ++d) row *= shape[d];
+  QN_CHECK_VALUE(shape.size() >= 2 && shape[0] == s.out && row == s.n_blocks * s.block_size, op,
+                 "shape must be [out=", s.out, ", ...] with n_blocks * block_size = ", s.n_blocks * s.block_size,
+                 " entries per row, got ", shape);
+}
+
+void check_pq_embedding_indices(const at::Tensor& indices, const PQShape& s) {
+  constexpr std::string_view op = "pq_embedding";
+  QN_CHECK_TYPE(indices.scalar_type() == at::kLong || indices.scalar_type() == at::kInt, op,
+                "indices must be int64 or int32, got dtype ", indices.scalar_type());
+  if (indices.numel() > 0) {
+    const int64_t lo = indices.min().item<int64_t>(), hi = indices.max().item<int64_t>();
+    QN_CHECK_VALUE(lo >= 0 && hi < s.out, op, "indices must be in [0, num_embeddings=", s.out, "), got values in [", lo,
+                   ", ", hi, "]");
+  }
 }
 
 }  // namespace quantnoise

@@ -31,4 +31,25 @@ TORCH_LIBRARY(quantnoise, m) {
   // k-means M-step statistics: sums[b, k] = sum of x[b, n] over n with codes[b, n] == k (float32),
   // counts[b, k] = their number (int64). codes must lie in [0, n_centroids) (checked).
   m.def("kmeans_update(Tensor x, Tensor codes, int n_centroids) -> (Tensor sums, Tensor counts)");
+  // PQ-compressed weights (DESIGN §3.3, csrc/include/quantnoise/pq.h). Block (o, j) of
+  // W.reshape(out, -1) is centroids[codes[o][j]] (int8 centroids: (c - zero_point) * scale, one
+  // value or one per centroid). codes are [out, n_blocks] or, with codes_transposed, the packed
+  // [n_blocks, out] layout the lookup kernels read (ops.pq_pack_codes).
+  // pq_decode: the dense W of `shape` (dtype: out_dtype, else centroids' float dtype / float32).
+  m.def(
+      "pq_decode(Tensor codes, Tensor centroids, int[] shape, Tensor? centroid_scale=None, "
+      "Tensor? centroid_zero_point=None, bool codes_transposed=False, ScalarType? out_dtype=None) -> Tensor");
+  // pq_linear: y = fq(x) . W^T + bias without materialising W. path='lut': per row, a table of
+  // x_block . centroid for every (block, centroid), then sums of table entries picked by the
+  // codes; 'tile': decode tiles of W and multiply; 'auto' picks by size. act_bits > 0 fake-quantizes
+  // x first (affine, per tensor or per row; straight-through in the backward). Output: x's dtype.
+  m.def(
+      "pq_linear(Tensor x, Tensor codes, Tensor centroids, Tensor? bias=None, Tensor? centroid_scale=None, "
+      "Tensor? centroid_zero_point=None, bool codes_transposed=False, int act_bits=0, "
+      "str act_granularity='tensor', str path='auto') -> Tensor");
+  // pq_embedding: rows `indices` of the decoded [out, n_blocks*block_size] table (only those rows
+  // are decoded); out shape indices.shape + [dim]. codes in the interchange layout.
+  m.def(
+      "pq_embedding(Tensor indices, Tensor codes, Tensor centroids, Tensor? centroid_scale=None, "
+      "Tensor? centroid_zero_point=None, ScalarType? out_dtype=None) -> Tensor");
 }

@@ -188,3 +188,103 @@ def kmeans_update(x: Tensor, codes: Tensor, n_centroids: int) -> tuple[Tensor, T
         sums[b].index_add_(0, codes[b], x[b].double())
         counts[b] = torch.bincount(codes[b], minlength=n_centroids)
     return sums.float(), counts
+
+# ---------------------------------------------------------------------------------------------
+# Product quantization references (DESIGN §3.3): decode, then the plain torch op.
+
+__all__ += ["dequantize_centroids", "act_fake_quant", "pq_decode", "pq_linear", "pq_embedding", "pq_linear_fairseq"]
+
+
+def dequantize_centroids(
+    centroids: Tensor, scale: Tensor | None = None, zero_point: Tensor | None = None, dtype=torch.float32
+) -> Tensor:
+    """Float centroids as they are; int8 ones as ``(c - zero_point) * scale`` in float32."""
+    if centroids.dtype != torch.int8:
+        return centroids.to(dtype)
+    c = centroids.float()
+    if zero_point is not None:
+        c = c - zero_point.float().reshape(-1, 1)
+    return (c * scale.float().reshape(-1, 1)).to(dtype)
+
+
+def act_fake_quant(x: Tensor, bits: int, granularity: str = "tensor") -> Tensor:
+    """Affine int-``bits`` fake quantization of ``x[rows, in]`` over a range widened to hold 0,
+    one range per tensor or per row ("token"); round half to even, as the kernels do."""
+    if granularity == "token":
+        lo, hi = x.amin(dim=-1, keepdim=True), x.amax(dim=-1, keepdim=True)
+    else:
+        lo, hi = x.amin().reshape(1, 1), x.amax().reshape(1, 1)
+    lo, hi = lo.float().clamp(max=0), hi.float().clamp(min=0)
+    qmax = float(2**bits - 1)
+    scale = (hi - lo) / qmax
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zp = torch.round(-lo / scale).clamp(0, qmax)
+    q = (torch.round(x.float() / scale) + zp).clamp(0, qmax)
+    return ((q - zp) * scale).to(x.dtype)
+
+
+def pq_decode(
+    codes: Tensor,
+    centroids: Tensor,
+    shape,
+    centroid_scale: Tensor | None = None,
+    centroid_zero_point: Tensor | None = None,
+    dtype=None,
+) -> Tensor:
+    """``W.reshape(out, -1)[o, j*bs:(j+1)*bs] = C[codes[o, j]]`` (codes in the interchange layout)."""
+    if dtype is None:
+        dtype = torch.float32 if centroids.dtype == torch.int8 else centroids.dtype
+    c = dequantize_centroids(centroids, centroid_scale, centroid_zero_point, dtype)
+    return c[codes.long()].reshape(shape)
+
+
+def pq_linear(
+    x: Tensor,
+    codes: Tensor,
+    centroids: Tensor,
+    bias: Tensor | None = None,
+    centroid_scale: Tensor | None = None,
+    centroid_zero_point: Tensor | None = None,
+    act_bits: int = 0,
+    act_granularity: str = "tensor",
+) -> Tensor:
+    """Decode, then ``F.linear`` (fake-quantizing ``x`` first if ``act_bits``), straight-through."""
+    out, n_blocks = codes.shape
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    w = pq_decode(codes, centroids, (out, -1), centroid_scale, centroid_zero_point, compute)
+    xc = x.to(compute)
+    if act_bits:
+        flat = xc.reshape(-1, x.shape[-1])
+        xc = (flat + (act_fake_quant(flat.detach(), act_bits, act_granularity) - flat).detach()).reshape(xc.shape)
+    b = None if bias is None else bias.to(compute)
+    return torch.nn.functional.linear(xc, w, b).to(x.dtype)
+
+
+def pq_embedding(
+    indices: Tensor,
+    codes: Tensor,
+    centroids: Tensor,
+    centroid_scale: Tensor | None = None,
+    centroid_zero_point: Tensor | None = None,
+    dtype=None,
+) -> Tensor:
+    """Decode the whole table, then ``F.embedding``."""
+    w = pq_decode(codes, centroids, (codes.shape[0], -1), centroid_scale, centroid_zero_point, dtype)
+    return torch.nn.functional.embedding(indices, w)
+
+
+def pq_linear_fairseq(x: Tensor, centroids: Tensor, assignments: Tensor, bias: Tensor | None, out_features: int):
+    """fairseq's ``PQLinear.forward`` as written: rebuild the whole weight on every forward.
+
+    ``assignments`` ``[n_blocks * out]`` int64 in fairseq's order (block index first, then output
+    row), centroids ``[K, bs]``. The benchmark baseline.
+    """
+    in_features = assignments.numel() // out_features * centroids.shape[1]
+    weight = (
+        centroids[assignments]
+        .reshape(-1, out_features, centroids.shape[1])
+        .permute(1, 0, 2)
+        .flatten(1, 2)
+    )
+    assert weight.shape[1] == in_features
+    return torch.nn.functional.linear(x, weight, bias)

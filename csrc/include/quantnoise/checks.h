@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <optional>
 #include <string_view>
 
 #include "quantnoise/kmeans.h"
@@ -28,6 +29,26 @@ int64_t seed_value_on_cpu(const at::Tensor& seed);
 // (p == 1 allowed without rescale); noise is one of the implemented kinds.
 void check_block_noise_args(const at::Tensor& weight, const at::Tensor& seed, double p, int64_t block_size,
                             bool rescale, std::string_view noise);
+
+// PQ ops (DESIGN §3.3). codes: uint8 or int32, 2-D, [out, n_blocks] or (transposed) [n_blocks,
+// out]; centroids [K, block_size] float, or int8 with centroid_scale (and optional zero point)
+// holding 1 or K values. Every code must be < K (scanned unless uint8 with K >= 256).
+// Returns {out, n_blocks, K, block_size}.
+struct PQShape {
+  int64_t out, n_blocks, n_centroids, block_size;
+};
+PQShape check_pq_codebook_args(std::string_view op, const at::Tensor& codes, const at::Tensor& centroids,
+                               const std::optional<at::Tensor>& centroid_scale,
+                               const std::optional<at::Tensor>& centroid_zero_point, bool codes_transposed,
+                               const c10::Device& device);
+// pq_linear: x [..., n_blocks*block_size] float; bias [out] float or None; act_bits 0 (off) or
+// 2..16; act_granularity 'tensor' | 'token'; path 'auto' | 'lut' | 'tile'.
+void check_pq_linear_args(const at::Tensor& x, const PQShape& s, const std::optional<at::Tensor>& bias,
+                          int64_t act_bits, std::string_view act_granularity, std::string_view path);
+// pq_decode: shape [out, ...] with prod(shape[1:]) == n_blocks * block_size.
+void check_pq_decode_shape(const PQShape& s, at::IntArrayRef shape);
+// pq_embedding: indices integer, each in [0, out).
+void check_pq_embedding_indices(const at::Tensor& indices, const PQShape& s);
 
 }  // namespace quantnoise
 
