@@ -76,6 +76,13 @@ void check_kmeans_update_args(const at::Tensor& x, const at::Tensor& codes, int6
                  kKMeansMaxCentroids, "], got ", n_centroids);
   QN_CHECK_VALUE(x.device() == codes.device(), op, "codes must be on x's device ", x.device(), ", got ",
                  codes.device());
+}
+
+}  // namespace quantnoise
+
+
+namespace quantnoise {
+
 PQShape check_pq_codebook_args(std::string_view op, const at::Tensor& codes, const at::Tensor& centroids,
                                const std::optional<at::Tensor>& centroid_scale,
                                const std::optional<at::Tensor>& centroid_zero_point, bool codes_transposed,
