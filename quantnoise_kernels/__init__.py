@@ -16,8 +16,8 @@ except ImportError as error:  # never fall back silently to slow Python code
     ) from error
 
 from . import ops, reference  # noqa: E402
-from .noise import quant_noise, quant_noise_weight, remove_quant_noise  # noqa: E402
 from .clustering import KMeansResult, kmeans  # noqa: E402
+from .noise import quant_noise, quant_noise_weight, remove_quant_noise  # noqa: E402
 
 __all__ = [
     "ops",
