@@ -95,8 +95,8 @@ PQShape check_pq_codebook_args(std::string_view op, const at::Tensor& codes, con
                 "centroids must be float32, float16, bfloat16, float64 or int8, got dtype ", centroids.scalar_type());
   QN_CHECK_VALUE(centroids.dim() == 2 && centroids.size(0) > 0 && centroids.size(1) > 0, op,
                  "centroids must be 2-D [n_centroids, block_size] and non-empty, got shape ", centroids.sizes());
-  QN_CHECK_VALUE(codes.device() == device && centroids.device() == device, op,
-                 "codes and centroids must be on ", device, ", got ", codes.device(), " and ", centroids.device());
+  QN_CHECK_VALUE(codes.device() == device && centroids.device() == device, op, "codes and centroids must be on ",
+                 device, ", got ", codes.device(), " and ", centroids.device());
   const int64_t K = centroids.size(0);
   const bool is_int8 = centroids.scalar_type() == at::kChar;
   QN_CHECK_VALUE(!is_int8 || centroid_scale.has_value(), op, "centroid_scale must be given for int8 centroids");
@@ -107,10 +107,9 @@ PQShape check_pq_codebook_args(std::string_view op, const at::Tensor& codes, con
     if (!t->has_value()) continue;
     const at::Tensor& q = **t;
     const char* name = t == &centroid_scale ? "centroid_scale" : "centroid_zero_point";
-    QN_CHECK_VALUE(q.numel() == 1 || (q.dim() == 1 && q.numel() == K), op, name,
-                   " must hold 1 or n_centroids=", K, " values, got shape ", q.sizes());
-    QN_CHECK_VALUE(q.device() == device || q.device().is_cpu(), op, name, " must be on ", device, ", got ",
-                   q.device());
+    QN_CHECK_VALUE(q.numel() == 1 || (q.dim() == 1 && q.numel() == K), op, name, " must hold 1 or n_centroids=", K,
+                   " values, got shape ", q.sizes());
+    QN_CHECK_VALUE(q.device() == device || q.device().is_cpu(), op, name, " must be on ", device, ", got ", q.device());
   }
   const int64_t out = codes_transposed ? codes.size(1) : codes.size(0);
   const int64_t n_blocks = codes_transposed ? codes.size(0) : codes.size(1);
@@ -129,9 +128,9 @@ void check_pq_linear_args(const at::Tensor& x, const PQShape& s, const std::opti
   QN_CHECK_TYPE(is_supported_float(x.scalar_type()), op, "x must be float32, float16, bfloat16 or float64, got dtype ",
                 x.scalar_type());
   QN_CHECK_VALUE(x.dim() >= 1, op, "x must have at least 1 dimension [..., in_features], got shape ", x.sizes());
-  QN_CHECK_VALUE(x.size(-1) == s.n_blocks * s.block_size, op, "x must have in_features = n_blocks * block_size = ",
-                 s.n_blocks, " * ", s.block_size, " = ", s.n_blocks * s.block_size, " in its last dimension, got shape ",
-                 x.sizes());
+  QN_CHECK_VALUE(x.size(-1) == s.n_blocks * s.block_size, op,
+                 "x must have in_features = n_blocks * block_size = ", s.n_blocks, " * ", s.block_size, " = ",
+                 s.n_blocks * s.block_size, " in its last dimension, got shape ", x.sizes());
   if (bias.has_value()) {
     QN_CHECK_TYPE(is_supported_float(bias->scalar_type()), op, "bias must be a float tensor, got dtype ",
                   bias->scalar_type());

@@ -391,9 +391,7 @@ def _pq_linear_backward(ctx, grad: Tensor):
     return grad_x, None, grad_c, grad_b, None, None, None, None, None, None
 
 
-torch.library.register_autograd(
-    "quantnoise::pq_linear", _pq_linear_backward, setup_context=_pq_linear_setup_context
-)
+torch.library.register_autograd("quantnoise::pq_linear", _pq_linear_backward, setup_context=_pq_linear_setup_context)
 
 
 def _pq_decode_setup_context(ctx, inputs, output):
@@ -415,9 +413,7 @@ def _pq_decode_backward(ctx, grad: Tensor):
     return None, grad_c, None, None, None, None, None
 
 
-torch.library.register_autograd(
-    "quantnoise::pq_decode", _pq_decode_backward, setup_context=_pq_decode_setup_context
-)
+torch.library.register_autograd("quantnoise::pq_decode", _pq_decode_backward, setup_context=_pq_decode_setup_context)
 
 
 def _pq_embedding_setup_context(ctx, inputs, output):

@@ -280,11 +280,6 @@ def pq_linear_fairseq(x: Tensor, centroids: Tensor, assignments: Tensor, bias: T
     row), centroids ``[K, bs]``. The benchmark baseline.
     """
     in_features = assignments.numel() // out_features * centroids.shape[1]
-    weight = (
-        centroids[assignments]
-        .reshape(-1, out_features, centroids.shape[1])
-        .permute(1, 0, 2)
-        .flatten(1, 2)
-    )
+    weight = centroids[assignments].reshape(-1, out_features, centroids.shape[1]).permute(1, 0, 2).flatten(1, 2)
     assert weight.shape[1] == in_features
     return torch.nn.functional.linear(x, weight, bias)

@@ -36,8 +36,8 @@ at::Tensor pq_embedding_cpu(const at::Tensor& indices, const at::Tensor& codes, 
                             const std::optional<at::Tensor>& centroid_scale,
                             const std::optional<at::Tensor>& centroid_zero_point,
                             std::optional<at::ScalarType> out_dtype) {
-  const PQShape s = check_pq_codebook_args("pq_embedding", codes, centroids, centroid_scale, centroid_zero_point,
-                                           false, indices.device());
+  const PQShape s = check_pq_codebook_args("pq_embedding", codes, centroids, centroid_scale, centroid_zero_point, false,
+                                           indices.device());
   check_pq_embedding_indices(indices, s);
   const at::ScalarType dtype =
       out_dtype.value_or(centroids.scalar_type() == at::kChar ? at::kFloat : centroids.scalar_type());

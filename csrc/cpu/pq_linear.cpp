@@ -81,10 +81,14 @@ template <typename scalar_t, typename code_t>
 void decode_rows(const code_t* codes, int64_t so, int64_t sj, const scalar_t* C, int64_t bs, int64_t n_blocks,
                  int64_t o0, int64_t o1, scalar_t* W) {
   switch (bs) {  // the block sizes iPQ uses get unrolled copies
-    case 4: return decode_rows_impl<scalar_t, code_t, 4>(codes, so, sj, C, bs, n_blocks, o0, o1, W);
-    case 8: return decode_rows_impl<scalar_t, code_t, 8>(codes, so, sj, C, bs, n_blocks, o0, o1, W);
-    case 16: return decode_rows_impl<scalar_t, code_t, 16>(codes, so, sj, C, bs, n_blocks, o0, o1, W);
-    default: return decode_rows_impl<scalar_t, code_t, 0>(codes, so, sj, C, bs, n_blocks, o0, o1, W);
+    case 4:
+      return decode_rows_impl<scalar_t, code_t, 4>(codes, so, sj, C, bs, n_blocks, o0, o1, W);
+    case 8:
+      return decode_rows_impl<scalar_t, code_t, 8>(codes, so, sj, C, bs, n_blocks, o0, o1, W);
+    case 16:
+      return decode_rows_impl<scalar_t, code_t, 16>(codes, so, sj, C, bs, n_blocks, o0, o1, W);
+    default:
+      return decode_rows_impl<scalar_t, code_t, 0>(codes, so, sj, C, bs, n_blocks, o0, o1, W);
   }
 }
 
@@ -124,9 +128,9 @@ void lut_rows_portable(const float* xT, const code_t* codesT, const float* C, in
 #if defined(QN_X86)
 template <typename code_t>
 __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void lut_rows_avx512(const float* xT, const code_t* codesT,
-                                                                               const float* C, int64_t K, int64_t bs,
-                                                                               int64_t out, int64_t j0, int64_t j1,
-                                                                               float* lut, float* acc) {
+                                                                              const float* C, int64_t K, int64_t bs,
+                                                                              int64_t out, int64_t j0, int64_t j1,
+                                                                              float* lut, float* acc) {
   for (int64_t jc = j0; jc < j1; jc += kJc) {
     const int64_t jn = std::min(kJc, j1 - jc);
     for (int64_t jj = 0; jj < jn; ++jj) {
@@ -134,7 +138,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void lut_rows_avx512(co
       float* lj = lut + jj * K * kRows;
       for (int64_t k = 0; k < K; ++k) {
         __m512 v = _mm512_setzero_ps();
-        for (int64_t d = 0; d < bs; ++d) v = _mm512_fmadd_ps(_mm512_set1_ps(C[k * bs + d]), _mm512_loadu_ps(xj + d * kRows), v);
+        for (int64_t d = 0; d < bs; ++d)
+          v = _mm512_fmadd_ps(_mm512_set1_ps(C[k * bs + d]), _mm512_loadu_ps(xj + d * kRows), v);
         _mm512_storeu_ps(lj + k * kRows, v);
       }
     }
@@ -185,8 +190,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) inline __m512 lookup256
 
 __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void lut_row1_avx512(const float* x, const uint8_t* codesT,
                                                                               const float* Ct, int64_t bs,
-                                                                              int64_t n_blocks, int64_t out,
-                                                                              int64_t o0, int64_t o1, float* y) {
+                                                                              int64_t n_blocks, int64_t out, int64_t o0,
+                                                                              int64_t o1, float* y) {
   for (int64_t j = 0; j < n_blocks; ++j) {
     __m512 T[16];
     for (int v = 0; v < 16; ++v) T[v] = _mm512_setzero_ps();
@@ -267,14 +272,15 @@ void lut_linear(const float* xf, int64_t M, const code_t* codesT, const float* C
 
 // Tile path: y[M][out] = xf . W^T with W decoded ~1 MiB at a time.
 template <typename scalar_t, typename code_t>
-void tile_linear(const at::Tensor& xf, const code_t* codes, int64_t so, int64_t sj, const scalar_t* C,
-                 const PQShape& s, at::Tensor& y) {
+void tile_linear(const at::Tensor& xf, const code_t* codes, int64_t so, int64_t sj, const scalar_t* C, const PQShape& s,
+                 at::Tensor& y) {
   const int64_t in = s.n_blocks * s.block_size;
   const int64_t tile = std::max<int64_t>(16, std::min<int64_t>(s.out, (int64_t{1} << 18) / std::max<int64_t>(in, 1)));
   at::Tensor w = at::empty({tile, in}, xf.options());
   for (int64_t o0 = 0; o0 < s.out; o0 += tile) {
     const int64_t n = std::min(tile, s.out - o0);
-    decode_rows<scalar_t, code_t>(codes, so, sj, C, s.block_size, s.n_blocks, o0, o0 + n, w.mutable_data_ptr<scalar_t>());
+    decode_rows<scalar_t, code_t>(codes, so, sj, C, s.block_size, s.n_blocks, o0, o0 + n,
+                                  w.mutable_data_ptr<scalar_t>());
     y.narrow(1, o0, n).copy_(at::mm(xf, w.narrow(0, 0, n).t()));
   }
 }
@@ -338,8 +344,8 @@ at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& codes, const at:
     if (lut) {
       const at::Tensor codesT = codes_transposed ? codes.contiguous() : codes.t().contiguous();
       if (codes.scalar_type() == at::kByte) {
-        lut_linear<uint8_t>(xf.const_data_ptr<float>(), M, codesT.const_data_ptr<uint8_t>(), C.const_data_ptr<float>(), s,
-                            y.mutable_data_ptr<float>());
+        lut_linear<uint8_t>(xf.const_data_ptr<float>(), M, codesT.const_data_ptr<uint8_t>(), C.const_data_ptr<float>(),
+                            s, y.mutable_data_ptr<float>());
       } else {
         lut_linear<int32_t>(xf.const_data_ptr<float>(), M, codesT.const_data_ptr<int32_t>(), C.const_data_ptr<float>(),
                             s, y.mutable_data_ptr<float>());

@@ -184,7 +184,9 @@ class PQLinear(_PQBase):
     def to_dense(self) -> nn.Linear:
         """An ``nn.Linear`` holding the decoded weight (float32 for half centroids)."""
         w = self._dense_weight((self.out_features, self.in_features))
-        layer = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=w.device, dtype=w.dtype)
+        layer = nn.Linear(
+            self.in_features, self.out_features, bias=self.bias is not None, device=w.device, dtype=w.dtype
+        )
         with torch.no_grad():
             layer.weight.copy_(w)
             if self.bias is not None:
@@ -221,7 +223,9 @@ class PQConv2d(_PQBase):
     ) -> None:
         super().__init__()
         if in_channels % groups or out_channels % groups:
-            raise ValueError(f"PQConv2d: groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
+            raise ValueError(
+                f"PQConv2d: groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}"
+            )
         if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
             raise ValueError(f"PQConv2d: padding_mode must be zeros/reflect/replicate/circular, got {padding_mode!r}")
         self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
