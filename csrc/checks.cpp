@@ -77,6 +77,49 @@ void check_noisy_linear_backward_args(const at::Tensor& grad_output, const at::T
 
 namespace quantnoise {
 
+namespace {
+bool is_kmeans_float(c10::ScalarType dtype) {
+  return dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16;
+}
+}  // namespace
+
+void check_kmeans_assign_args(const at::Tensor& x, const at::Tensor& centroids) {
+  constexpr std::string_view op = "kmeans_assign";
+  QN_CHECK_TYPE(is_kmeans_float(x.scalar_type()), op, "x must be float32, float16 or bfloat16, got dtype ",
+                x.scalar_type());
+  QN_CHECK_TYPE(is_kmeans_float(centroids.scalar_type()), op,
+                "centroids must be float32, float16 or bfloat16, got dtype ", centroids.scalar_type());
+  QN_CHECK_VALUE(x.dim() == 3, op, "x must have 3 dimensions [B, N, D], got shape ", x.sizes());
+  QN_CHECK_VALUE(centroids.dim() == 3, op, "centroids must have 3 dimensions [B, K, D], got shape ", centroids.sizes());
+  QN_CHECK_VALUE(centroids.size(0) == x.size(0), op, "centroids must have x's batch size ", x.size(0), ", got shape ",
+                 centroids.sizes());
+  QN_CHECK_VALUE(centroids.size(2) == x.size(2), op, "centroids must have x's dimension D=", x.size(2), ", got shape ",
+                 centroids.sizes());
+  QN_CHECK_VALUE(centroids.size(1) >= 1 && centroids.size(1) <= kKMeansMaxCentroids, op,
+                 "centroids must hold between 1 and ", kKMeansMaxCentroids, " centroids, got K=", centroids.size(1));
+  QN_CHECK_VALUE(x.device() == centroids.device(), op, "centroids must be on x's device ", x.device(), ", got ",
+                 centroids.device());
+}
+
+void check_kmeans_update_args(const at::Tensor& x, const at::Tensor& codes, int64_t n_centroids) {
+  constexpr std::string_view op = "kmeans_update";
+  QN_CHECK_TYPE(is_kmeans_float(x.scalar_type()), op, "x must be float32, float16 or bfloat16, got dtype ",
+                x.scalar_type());
+  QN_CHECK_TYPE(codes.scalar_type() == at::kLong, op, "codes must be int64, got dtype ", codes.scalar_type());
+  QN_CHECK_VALUE(x.dim() == 3, op, "x must have 3 dimensions [B, N, D], got shape ", x.sizes());
+  QN_CHECK_VALUE(codes.dim() == 2 && codes.size(0) == x.size(0) && codes.size(1) == x.size(1), op,
+                 "codes must have shape [B, N] = [", x.size(0), ", ", x.size(1), "], got ", codes.sizes());
+  QN_CHECK_VALUE(n_centroids >= 1 && n_centroids <= kKMeansMaxCentroids, op, "n_centroids must be in [1, ",
+                 kKMeansMaxCentroids, "], got ", n_centroids);
+  QN_CHECK_VALUE(x.device() == codes.device(), op, "codes must be on x's device ", x.device(), ", got ",
+                 codes.device());
+}
+
+}  // namespace quantnoise
+
+
+namespace quantnoise {
+
 PQShape check_pq_codebook_args(std::string_view op, const at::Tensor& codes, const at::Tensor& centroids,
                                const std::optional<at::Tensor>& centroid_scale,
                                const std::optional<at::Tensor>& centroid_zero_point, bool codes_transposed,

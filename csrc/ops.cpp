@@ -33,6 +33,14 @@ TORCH_LIBRARY(quantnoise, m) {
   m.def(
       "noisy_linear_backward_input(Tensor grad_output, Tensor weight, Tensor seed, float p, int block_size, "
       "int offset=0, bool rescale=True) -> Tensor");
+  // Batched k-means E-step (DESIGN §3.2): for x [B, N, D] and centroids [B, K, D] (float32/16,
+  // bfloat16; fp32 arithmetic), codes[b, n] = argmin_k ||x[b, n] - centroids[b, k]||^2 with ties
+  // to the LOWEST k, and dist[b, n] = that squared distance (float32). Fused: never an N x K
+  // matrix. Ranking rule in csrc/include/quantnoise/kmeans.h.
+  m.def("kmeans_assign(Tensor x, Tensor centroids) -> (Tensor codes, Tensor dist)");
+  // k-means M-step statistics: sums[b, k] = sum of x[b, n] over n with codes[b, n] == k (float32),
+  // counts[b, k] = their number (int64). codes must lie in [0, n_centroids) (checked).
+  m.def("kmeans_update(Tensor x, Tensor codes, int n_centroids) -> (Tensor sums, Tensor counts)");
   // PQ-compressed weights (DESIGN §3.3, csrc/include/quantnoise/pq.h). Block (o, j) of
   // W.reshape(out, -1) is centroids[codes[o][j]] (int8 centroids: (c - zero_point) * scale, one
   // value or one per centroid). codes are [out, n_blocks] or, with codes_transposed, the packed

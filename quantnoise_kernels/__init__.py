@@ -18,7 +18,16 @@ except ImportError as error:  # never fall back silently to slow Python code
     ) from error
 
 from . import ops, reference  # noqa: E402
+from .clustering import KMeansResult, kmeans  # noqa: E402
 from .noise import quant_noise, quant_noise_weight, remove_quant_noise  # noqa: E402
 
-__all__ = ["ops", "reference", "quant_noise", "quant_noise_weight", "remove_quant_noise"]
+__all__ = [
+    "ops",
+    "reference",
+    "quant_noise",
+    "quant_noise_weight",
+    "remove_quant_noise",
+    "kmeans",
+    "KMeansResult",
+]
 __version__ = "0.1.0"

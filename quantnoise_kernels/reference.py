@@ -9,7 +9,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["philox4x32_10", "block_noise_mask", "block_noise", "block_noise_fairseq"]
+__all__ = [
+    "philox4x32_10",
+    "block_noise_mask",
+    "block_noise",
+    "block_noise_fairseq",
+    "kmeans_assign",
+    "kmeans_assign_addmm",
+    "kmeans_distances_fairseq",
+    "kmeans_update",
+]
 
 _MASK32 = 0xFFFFFFFF
 
@@ -75,6 +84,110 @@ def block_noise_fairseq(weight: Tensor, p: float, block_size: int) -> Tensor:
     mask = torch.zeros(w.numel() // block_size, device=weight.device).bernoulli_(p)
     mask = mask.repeat_interleave(block_size).view_as(w).bool()
     return (w.masked_fill(mask, 0) / (1 - p)).view(weight.shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# fairseq iPQ checkpoint format (pq-pipeline): the reconstruction rule of fairseq's PQ modules, the oracle of
+# `pq.from_fairseq_state_dict`. Written from the rule, independent of our layers and codes layout.
+
+
+def pq_decode_fairseq(centroids: Tensor, assignments: Tensor, weight_shape) -> Tensor:
+    """fairseq's ``weight`` property of PQLinear/PQEmbedding/PQConv2d.
+
+    ``centroids[assignments]`` -> ``(N, bs)`` -> reshape ``(row/bs, out, bs)`` (block index major) -> permute to
+    ``(out, row/bs, bs)`` -> ``(out, row)`` -> ``weight_shape`` (``(out, in/groups, kh, kw)`` for a conv).
+    """
+    out = weight_shape[0]
+    block_size = centroids.shape[1]
+    w = centroids[assignments].reshape(-1, out, block_size).permute(1, 0, 2)
+    return w.reshape(out, -1).reshape(tuple(weight_shape))
+
+
+def pq_encode_fairseq(weight: Tensor, centroids: Tensor) -> Tensor:
+    """Nearest-centroid ``assignments`` of ``weight``'s blocks in fairseq's order (n = j*out + o), int64.
+
+    fairseq's ``PQ._reshape``: ``(out, row/bs, bs)`` -> permute ``(bs, row/bs, out)`` -> columns are blocks.
+    Exact squared distances (no GEMM shortcut), lowest index on ties: for building test checkpoints.
+    """
+    out, block_size = weight.shape[0], centroids.shape[1]
+    cols = weight.reshape(out, -1, block_size).permute(1, 0, 2).reshape(-1, block_size)  # (row/bs * out, bs)
+    dist = ((cols[:, None, :].double() - centroids[None, :, :].double()) ** 2).sum(-1)
+    return dist.argmin(dim=1)
+
+
+def ipq_em_iteration_fairseq(w_r: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
+    """One iteration of fairseq's iPQ EM as written (``pq/em.py``), the ``quantize_model_`` benchmark baseline.
+
+    ``w_r [bs, N]`` (columns are the blocks), ``centroids [K, bs]``. E-step with the broadcast ``(K, bs, N)``
+    distance temporary (Euclidean norms, no GEMM), ``argmin``; cluster counting with a Python ``Counter`` over
+    one ``.item()`` per block; M-step as a Python loop over centroids with a boolean-mask gather; objective.
+    Not included: the empty-cluster repair loop (each repair attempt costs fairseq one more full distance
+    pass), so this is a lower bound of fairseq's iteration. Returns ``(centroids, assignments)``.
+    """
+    from collections import Counter
+
+    distances = (w_r[None, :, :] - centroids[:, :, None]).norm(p=2, dim=1)  # (K, N)
+    assignments = distances.argmin(dim=0)
+    counts = Counter(a.item() for a in assignments)
+    _ = set(range(centroids.shape[0])) - set(counts)  # fairseq's empty set (repair loop not run)
+    centroids = centroids.clone()
+    for k in range(centroids.shape[0]):
+        members = w_r[:, assignments == k]
+        if members.shape[1] > 0:
+            centroids[k] = members.mean(dim=1)
+    _ = (centroids[assignments].t() - w_r).norm(p=2).item()  # fairseq logs the objective every step
+    return centroids, assignments
+
+
+__all__ += ["pq_decode_fairseq", "pq_encode_fairseq", "ipq_em_iteration_fairseq"]
+
+
+def kmeans_assign(x: Tensor, centroids: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
+    """Reference of ``ops.kmeans_assign``: exact squared distances ``((x - c)**2).sum(-1)`` in fp32,
+    ``argmin`` (first index on ties), in chunks of ``chunk`` vectors. ``x [B, N, D]``, ``centroids [B, K, D]``.
+    """
+    x, c = x.float(), centroids.float()
+    codes, dist = [], []
+    for start in range(0, x.shape[1], chunk):
+        d2 = ((x[:, start : start + chunk, None, :] - c[:, None, :, :]) ** 2).sum(-1)  # [B, n, K]
+        best = d2.min(-1)
+        codes.append(d2.argmin(-1))
+        dist.append(best.values)
+    if not codes:
+        return x.new_empty(x.shape[:2], dtype=torch.int64), x.new_empty(x.shape[:2])
+    return torch.cat(codes, 1), torch.cat(dist, 1)
+
+
+def kmeans_assign_addmm(x: Tensor, centroids: Tensor, chunk: int = 65536) -> Tensor:
+    """Plain-torch baseline of the assignment: ``||c||^2 - 2 x.c`` by ``addmm`` and ``argmin``, chunked over N.
+
+    ``x [N, D]``, ``centroids [K, D]`` fp32; returns int64 codes ``[N]``. Near-ties may rank
+    differently from the exact distance (a GEMM's rounding); it is the speed baseline.
+    """
+    norms = (centroids * centroids).sum(1)
+    out = []
+    for start in range(0, x.shape[0], chunk):
+        scores = torch.addmm(norms, x[start : start + chunk], centroids.t(), alpha=-2.0)
+        out.append(scores.argmin(1))
+    return torch.cat(out)
+
+
+def kmeans_distances_fairseq(x_t: Tensor, centroids: Tensor) -> Tensor:
+    """fairseq's EM distance as written (``pq/em.py``): ``x_t [D, N]`` (columns are vectors),
+    ``centroids [K, D]``; broadcasts a ``(K, D, N)`` temporary and returns the (not squared) norms ``[K, N]``.
+    """
+    return (x_t[None, :, :] - centroids[:, :, None]).norm(p=2, dim=1)
+
+
+def kmeans_update(x: Tensor, codes: Tensor, n_centroids: int) -> tuple[Tensor, Tensor]:
+    """Reference of ``ops.kmeans_update`` (fp64 ``index_add_``): ``x [B, N, D]``, ``codes [B, N]``."""
+    batch, _, dim = x.shape
+    sums = torch.zeros(batch, n_centroids, dim, dtype=torch.float64, device=x.device)
+    counts = torch.zeros(batch, n_centroids, dtype=torch.int64, device=x.device)
+    for b in range(batch):
+        sums[b].index_add_(0, codes[b], x[b].double())
+        counts[b] = torch.bincount(codes[b], minlength=n_centroids)
+    return sums.float(), counts
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@
 #include <optional>
 #include <string_view>
 
+#include "quantnoise/kmeans.h"
+
 namespace quantnoise {
 
 // "quantnoise::<op>: <argument> must ..., got <value>"
@@ -54,5 +56,14 @@ void check_pq_linear_args(const at::Tensor& x, const PQShape& s, const std::opti
 void check_pq_decode_shape(const PQShape& s, at::IntArrayRef shape);
 // pq_embedding: indices integer, each in [0, out).
 void check_pq_embedding_indices(const at::Tensor& indices, const PQShape& s);
+
+}  // namespace quantnoise
+
+namespace quantnoise {
+
+// kmeans_assign: x [B, N, D] and centroids [B, K, D] float32/float16/bfloat16 on one device,
+// 1 <= K <= kKMeansMaxCentroids. kmeans_update: codes [B, N] int64, 1 <= n_centroids <= max.
+void check_kmeans_assign_args(const at::Tensor& x, const at::Tensor& centroids);
+void check_kmeans_update_args(const at::Tensor& x, const at::Tensor& codes, int64_t n_centroids);
 
 }  // namespace quantnoise

@@ -1,0 +1,337 @@
+// CPU kernels of quantnoise::kmeans_assign and quantnoise::kmeans_update (DESIGN §3.2).
+//
+// kmeans_assign ranks centroids by score = 0.5*||c||^2 - x.c (quantnoise/kmeans.h), fused with a
+// running argmin: no N x K matrix. The codebook of each problem is transposed once to [D][Kp]
+// (Kp = K rounded up to 16, padding scored +inf), so one FMA scores 16 (AVX-512) or 8 (AVX2)
+// centroids against one coordinate of a point. One point at a time would be bound by the FMA
+// latency chain; the kernels keep P points in flight (P independent accumulators per centroid
+// block), x coordinates broadcast straight from memory. The ISA is picked at run time; every
+// path computes the same FMA chain in the same order, so all give identical codes.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+// GCC 12's _mm512_reduce_* start from _mm512_undefined_*, which -Wuninitialized flags (harmless).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "quantnoise/checks.h"
+#include "quantnoise/cpu_alloc.h"
+#include "quantnoise/kmeans.h"
+
+namespace quantnoise {
+namespace {
+
+constexpr int64_t kLanePad = 16;  // Kp is a multiple of the widest vector
+constexpr int64_t kTile = 128;    // points per task (and per fp16/bf16 conversion buffer)
+
+// The transposed codebook of one problem: ct[d * kp + k], h[k] = half_norm (+inf for padding).
+struct Codebook {
+  const float* ct;
+  const float* h;
+  int64_t kp;
+  int64_t k;
+};
+
+// ---------------------------------------------------------------------------------------------
+// AVX-512: P points x 16 centroids per step.
+template <int P, int DC>
+__attribute__((target("avx512f,fma"))) void argmin_avx512(const float* __restrict__ x, int64_t dim_rt,
+                                                          const Codebook& cb, int32_t* __restrict__ out) {
+  const int64_t dim = DC > 0 ? DC : dim_rt;
+  __m512 best[P];
+  __m512i idx[P];
+  for (int p = 0; p < P; ++p) {
+    best[p] = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+    idx[p] = _mm512_setzero_si512();
+  }
+  __m512i kv = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i step = _mm512_set1_epi32(16);
+  for (int64_t kb = 0; kb < cb.kp; kb += 16) {
+    const __m512 hv = _mm512_loadu_ps(cb.h + kb);
+    __m512 acc[P];
+    for (int p = 0; p < P; ++p) acc[p] = hv;
+    for (int64_t d = 0; d < dim; ++d) {
+      const __m512 c = _mm512_loadu_ps(cb.ct + d * cb.kp + kb);
+      for (int p = 0; p < P; ++p) acc[p] = _mm512_fnmadd_ps(_mm512_set1_ps(x[p * dim + d]), c, acc[p]);
+    }
+    for (int p = 0; p < P; ++p) {  // strict <: a lane keeps its lowest k among equal scores
+      const __mmask16 m = _mm512_cmp_ps_mask(acc[p], best[p], _CMP_LT_OQ);
+      best[p] = _mm512_mask_mov_ps(best[p], m, acc[p]);
+      idx[p] = _mm512_mask_mov_epi32(idx[p], m, kv);
+    }
+    kv = _mm512_add_epi32(kv, step);
+  }
+  for (int p = 0; p < P; ++p) {  // lowest index among the lanes holding the minimum
+    const float mn = _mm512_reduce_min_ps(best[p]);
+    const __mmask16 at_min = _mm512_cmp_ps_mask(best[p], _mm512_set1_ps(mn), _CMP_EQ_OQ);
+    out[p] = _mm512_mask_reduce_min_epi32(at_min, idx[p]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX2: P points x 8 centroids per step (16 ymm registers: P = 4).
+template <int P, int DC>
+__attribute__((target("avx2,fma"))) void argmin_avx2(const float* __restrict__ x, int64_t dim_rt, const Codebook& cb,
+                                                     int32_t* __restrict__ out) {
+  const int64_t dim = DC > 0 ? DC : dim_rt;
+  __m256 best[P];
+  __m256 idx[P];  // int32 bit patterns, blended as floats
+  for (int p = 0; p < P; ++p) {
+    best[p] = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+    idx[p] = _mm256_setzero_ps();
+  }
+  __m256i kv = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i step = _mm256_set1_epi32(8);
+  for (int64_t kb = 0; kb < cb.kp; kb += 8) {
+    const __m256 hv = _mm256_loadu_ps(cb.h + kb);
+    __m256 acc[P];
+    for (int p = 0; p < P; ++p) acc[p] = hv;
+    for (int64_t d = 0; d < dim; ++d) {
+      const __m256 c = _mm256_loadu_ps(cb.ct + d * cb.kp + kb);
+      for (int p = 0; p < P; ++p) acc[p] = _mm256_fnmadd_ps(_mm256_set1_ps(x[p * dim + d]), c, acc[p]);
+    }
+    const __m256 kvf = _mm256_castsi256_ps(kv);
+    for (int p = 0; p < P; ++p) {
+      const __m256 m = _mm256_cmp_ps(acc[p], best[p], _CMP_LT_OQ);
+      best[p] = _mm256_blendv_ps(best[p], acc[p], m);
+      idx[p] = _mm256_blendv_ps(idx[p], kvf, m);
+    }
+    kv = _mm256_add_epi32(kv, step);
+  }
+  for (int p = 0; p < P; ++p) {
+    alignas(32) float b[8];
+    alignas(32) int32_t i[8];
+    _mm256_store_ps(b, best[p]);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(i), _mm256_castps_si256(idx[p]));
+    float mn = b[0];
+    for (int l = 1; l < 8; ++l) mn = b[l] < mn ? b[l] : mn;
+    int32_t code = std::numeric_limits<int32_t>::max();
+    for (int l = 0; l < 8; ++l) code = (b[l] == mn && i[l] < code) ? i[l] : code;
+    out[p] = code;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Portable: one point at a time, the same FMA chain (fmaf) and the same rule.
+void argmin_portable(const float* __restrict__ x, int64_t dim, const Codebook& cb, int32_t* __restrict__ out) {
+  float best = std::numeric_limits<float>::infinity();
+  int32_t code = 0;
+  for (int64_t k = 0; k < cb.k; ++k) {
+    float s = cb.h[k];
+    for (int64_t d = 0; d < dim; ++d) s = fmaf(-x[d], cb.ct[d * cb.kp + k], s);
+    if (s < best) {
+      best = s;
+      code = static_cast<int32_t>(k);
+    }
+  }
+  *out = code;
+}
+
+// Exact squared distance of each point to its chosen centroid. Compiled twice so that fmaf
+// becomes one instruction where the CPU has FMA (a libm call otherwise); same value either way.
+__attribute__((target("fma"))) void distances_fma(const float* x, int64_t n, int64_t dim, const float* c,
+                                                  const int32_t* codes, float* dist) {
+  for (int64_t i = 0; i < n; ++i) dist[i] = kmeans_squared_distance(x + i * dim, c + codes[i] * dim, dim);
+}
+
+void distances_portable(const float* x, int64_t n, int64_t dim, const float* c, const int32_t* codes, float* dist) {
+  for (int64_t i = 0; i < n; ++i) dist[i] = kmeans_squared_distance(x + i * dim, c + codes[i] * dim, dim);
+}
+
+enum class Isa { kPortable, kAvx2, kAvx512 };
+
+// Widest ISA the CPU has; QUANTNOISE_KMEANS_ISA=portable|avx2|avx512 caps it (tests compare paths).
+Isa select_isa() {
+  Isa isa = Isa::kPortable;
+#if defined(__x86_64__) || defined(__i386__)
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isa = Isa::kAvx2;
+  if (isa == Isa::kAvx2 && __builtin_cpu_supports("avx512f")) isa = Isa::kAvx512;
+#endif
+  if (const char* env = std::getenv("QUANTNOISE_KMEANS_ISA")) {
+    if (std::strcmp(env, "portable") == 0) isa = Isa::kPortable;
+    if (std::strcmp(env, "avx2") == 0 && isa == Isa::kAvx512) isa = Isa::kAvx2;
+  }
+  return isa;
+}
+
+// Codes of n points x[n][dim] (fp32, contiguous).
+template <int DC>
+void argmin_points(Isa isa, const float* x, int64_t n, int64_t dim, const Codebook& cb, int32_t* out) {
+  int64_t i = 0;
+  if (isa == Isa::kAvx512) {
+    constexpr int P = 8;
+    for (; i + P <= n; i += P) argmin_avx512<P, DC>(x + i * dim, dim, cb, out + i);
+    for (; i < n; ++i) argmin_avx512<1, DC>(x + i * dim, dim, cb, out + i);
+  } else if (isa == Isa::kAvx2) {
+    constexpr int P = 4;
+    for (; i + P <= n; i += P) argmin_avx2<P, DC>(x + i * dim, dim, cb, out + i);
+    for (; i < n; ++i) argmin_avx2<1, DC>(x + i * dim, dim, cb, out + i);
+  } else {
+    for (; i < n; ++i) argmin_portable(x + i * dim, dim, cb, out + i);
+  }
+}
+
+using ArgminFn = void (*)(Isa, const float*, int64_t, int64_t, const Codebook&, int32_t*);
+
+ArgminFn argmin_for_dim(int64_t dim) {
+  switch (dim) {  // the block sizes iPQ uses get compile-time D; any other D the generic loop
+    case 4:
+      return &argmin_points<4>;
+    case 8:
+      return &argmin_points<8>;
+    case 9:
+      return &argmin_points<9>;
+    case 16:
+      return &argmin_points<16>;
+    default:
+      return &argmin_points<0>;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& x,            // [B, N, D]
+                                                     const at::Tensor& centroids) {  // [B, K, D]
+  check_kmeans_assign_args(x, centroids);
+  const int64_t batch = x.size(0), n = x.size(1), dim = x.size(2), k = centroids.size(1);
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor c = centroids.to(at::kFloat).contiguous();
+  at::Tensor codes = empty_cpu_output({batch, n}, x.options().dtype(at::kLong));
+  at::Tensor dist = empty_cpu_output({batch, n}, x.options().dtype(at::kFloat));
+  if (batch == 0 || n == 0) return {codes, dist};
+
+  // Transposed codebooks and half norms (O(B*K*D), small next to x).
+  const int64_t kp = (k + kLanePad - 1) / kLanePad * kLanePad;
+  std::vector<float> ct_buf(static_cast<size_t>(batch * std::max<int64_t>(dim, 1) * kp), 0.0f);
+  std::vector<float> h_buf(static_cast<size_t>(batch * kp), std::numeric_limits<float>::infinity());
+  const float* c_ptr = c.const_data_ptr<float>();
+  at::parallel_for(0, batch, 1, [&](int64_t b_begin, int64_t b_end) {
+    for (int64_t b = b_begin; b < b_end; ++b) {
+      for (int64_t j = 0; j < k; ++j) {
+        const float* cj = c_ptr + (b * k + j) * dim;
+        h_buf[b * kp + j] = kmeans_half_norm(cj, dim);
+        for (int64_t d = 0; d < dim; ++d) ct_buf[(b * dim + d) * kp + j] = cj[d];
+      }
+    }
+  });
+
+  const Isa isa = select_isa();
+  const ArgminFn argmin = argmin_for_dim(dim);
+  const int64_t n_tiles = (n + kTile - 1) / kTile;
+  int64_t* codes_ptr = codes.mutable_data_ptr<int64_t>();
+  float* dist_ptr = dist.mutable_data_ptr<float>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "kmeans_assign_cpu", [&] {
+    const scalar_t* x_ptr = xc.const_data_ptr<scalar_t>();
+    // Tasks of kTile points: ~16 KiB of fp32 x at D=32, and >= 1024 tasks at N=131072.
+    at::parallel_for(0, batch * n_tiles, 1, [&](int64_t t_begin, int64_t t_end) {
+      std::vector<float> xbuf;  // fp32 copy of a tile when x is not fp32
+      int32_t tile_codes[kTile];
+      for (int64_t t = t_begin; t < t_end; ++t) {
+        const int64_t b = t / n_tiles, i0 = (t % n_tiles) * kTile;
+        const int64_t m = std::min(kTile, n - i0);
+        const Codebook cb{ct_buf.data() + b * dim * kp, h_buf.data() + b * kp, kp, k};
+        const scalar_t* src = x_ptr + (b * n + i0) * dim;
+        const float* xt;
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          xt = reinterpret_cast<const float*>(src);  // scalar_t is float here
+        } else {
+          xbuf.resize(static_cast<size_t>(m * dim));
+          for (int64_t e = 0; e < m * dim; ++e) xbuf[e] = static_cast<float>(src[e]);
+          xt = xbuf.data();
+        }
+        argmin(isa, xt, m, dim, cb, tile_codes);
+        const float* cb_rows = c_ptr + b * k * dim;
+        if (isa == Isa::kPortable) {
+          distances_portable(xt, m, dim, cb_rows, tile_codes, dist_ptr + b * n + i0);
+        } else {
+          distances_fma(xt, m, dim, cb_rows, tile_codes, dist_ptr + b * n + i0);
+        }
+        for (int64_t i = 0; i < m; ++i) codes_ptr[b * n + i0 + i] = tile_codes[i];
+      }
+    });
+  });
+  return {codes, dist};
+}
+
+// ---------------------------------------------------------------------------------------------
+// kmeans_update: fixed chunks of points (their number depends on the shapes only) accumulate in
+// fp64 partial buffers, reduced in chunk order: the result does not depend on the thread count.
+std::tuple<at::Tensor, at::Tensor> kmeans_update_cpu(const at::Tensor& x,      // [B, N, D]
+                                                     const at::Tensor& codes,  // [B, N] int64
+                                                     int64_t n_centroids) {
+  check_kmeans_update_args(x, codes, n_centroids);
+  const int64_t batch = x.size(0), n = x.size(1), dim = x.size(2), k = n_centroids;
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor cc = codes.contiguous();
+  at::Tensor sums = at::zeros({batch, k, dim}, x.options().dtype(at::kFloat));
+  at::Tensor counts = at::zeros({batch, k}, x.options().dtype(at::kLong));
+  if (batch == 0 || n == 0) return {sums, counts};
+
+  const int64_t stride = k * dim + k;  // one chunk's partial sums then counts, as doubles
+  const int64_t by_size = (n + 16383) / 16384;
+  const int64_t by_memory = std::max<int64_t>(1, (int64_t{1} << 22) / stride);  // <= 32 MiB per problem
+  const int64_t n_chunks = std::max<int64_t>(1, std::min({by_size, by_memory, int64_t{64}}));
+  const int64_t chunk = (n + n_chunks - 1) / n_chunks;
+  std::vector<double> partial(static_cast<size_t>(batch * n_chunks * stride), 0.0);
+  std::atomic<int64_t> bad_code{0};
+  std::atomic<bool> bad{false};
+  const int64_t* code_ptr = cc.const_data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "kmeans_update_cpu", [&] {
+    const scalar_t* x_ptr = xc.const_data_ptr<scalar_t>();
+    at::parallel_for(0, batch * n_chunks, 1, [&](int64_t t_begin, int64_t t_end) {
+      for (int64_t t = t_begin; t < t_end; ++t) {
+        const int64_t b = t / n_chunks, i0 = (t % n_chunks) * chunk, i1 = std::min(n, i0 + chunk);
+        double* acc = partial.data() + t * stride;
+        double* cnt = acc + k * dim;
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t code = code_ptr[b * n + i];
+          if (code < 0 || code >= k) {
+            if (!bad.exchange(true)) bad_code.store(code);
+            continue;
+          }
+          const scalar_t* xi = x_ptr + (b * n + i) * dim;
+          double* row = acc + code * dim;
+          for (int64_t d = 0; d < dim; ++d) row[d] += static_cast<double>(xi[d]);
+          cnt[code] += 1.0;
+        }
+      }
+    });
+  });
+  QN_CHECK_VALUE(!bad.load(), "kmeans_update", "codes must lie in [0, n_centroids=", k, "), got ", bad_code.load());
+  float* s_ptr = sums.mutable_data_ptr<float>();
+  int64_t* n_ptr = counts.mutable_data_ptr<int64_t>();
+  at::parallel_for(0, batch * stride, 4096, [&](int64_t e_begin, int64_t e_end) {
+    for (int64_t e = e_begin; e < e_end; ++e) {
+      const int64_t b = e / stride, j = e % stride;
+      double total = 0.0;
+      for (int64_t ch = 0; ch < n_chunks; ++ch) total += partial[(b * n_chunks + ch) * stride + j];
+      if (j < k * dim) {
+        s_ptr[b * k * dim + j] = static_cast<float>(total);
+      } else {
+        n_ptr[b * k + (j - k * dim)] = static_cast<int64_t>(total);
+      }
+    }
+  });
+  return {sums, counts};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(quantnoise, CPU, m) {
+  m.impl("kmeans_assign", &kmeans_assign_cpu);
+  m.impl("kmeans_update", &kmeans_update_cpu);
+}
+
+}  // namespace quantnoise
+
+#pragma GCC diagnostic pop

@@ -1,0 +1,290 @@
+"""Batched, distributed k-means (Lloyd's EM) on torch tensors, built on ``ops.kmeans_assign/update``.
+
+B independent problems run in one call (many layers or sub-spaces at once); with a
+``torch.distributed`` process group each rank holds a shard of the vectors, assigns it, and the
+per-cluster sums and counts are all-reduced, so every rank ends with the same centroids.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from . import ops
+
+__all__ = ["KMeansResult", "kmeans", "MAX_CENTROIDS"]
+
+MAX_CENTROIDS = 65536  # kKMeansMaxCentroids in csrc/include/quantnoise/kmeans.h
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+@dataclass
+class KMeansResult:
+    """Result of :func:`kmeans`.
+
+    Attributes:
+        centroids: float32 ``[B, K, D]`` (``[K, D]`` for a 2-D ``x``), identical on every rank.
+        codes: int64 ``[B, N]`` (``[N]``): nearest centroid of each local vector, for ``centroids``.
+        objective: sum of squared distances over all problems (and ranks), one entry per
+            assignment pass: the initial centroids first, the returned ``centroids`` last.
+        n_empty: clusters left empty by the final assignment (a warning says so when > 0).
+    """
+
+    centroids: Tensor
+    codes: Tensor
+    objective: list[float] = field(default_factory=list)
+    n_empty: int = 0
+
+
+class _Comm:
+    """The collectives kmeans needs; no-ops without a process group."""
+
+    def __init__(self, group) -> None:
+        self.group = group
+        if group is None:
+            self.rank, self.world = 0, 1
+        else:
+            import torch.distributed as dist
+
+            self.dist = dist
+            self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
+
+    def sum_(self, t: Tensor) -> Tensor:
+        if self.world > 1:
+            self.dist.all_reduce(t, op=self.dist.ReduceOp.SUM, group=self.group)
+        return t
+
+    def gather(self, t: Tensor) -> Tensor:
+        """``[world, *t.shape]``: every rank's ``t``."""
+        if self.world == 1:
+            return t[None]
+        out = [torch.empty_like(t) for _ in range(self.world)]
+        self.dist.all_gather(out, t.contiguous(), group=self.group)
+        return torch.stack(out)
+
+    def broadcast_int(self, value: int) -> int:
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.int64)
+        self.dist.broadcast(t, src=self.dist.get_global_rank(self.group, 0), group=self.group)
+        return int(t.item())
+
+
+def _check_input(x: Tensor, n_centroids: int, n_iter: int, init: str) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"kmeans: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOATS:
+        raise TypeError(f"kmeans: x must be float32, float16, bfloat16 or float64, got dtype {x.dtype}")
+    if x.dim() not in (2, 3):
+        raise ValueError(f"kmeans: x must be [N, D] or [B, N, D], got shape {tuple(x.shape)}")
+    if not isinstance(n_centroids, int) or not 1 <= n_centroids <= MAX_CENTROIDS:
+        raise ValueError(f"kmeans: n_centroids must be an int in [1, {MAX_CENTROIDS}], got {n_centroids!r}")
+    if n_iter < 0:
+        raise ValueError(f"kmeans: n_iter must be >= 0, got {n_iter}")
+    if init not in ("random", "kmeans++"):
+        raise ValueError(f"kmeans: init must be 'random' or 'kmeans++', got {init!r}")
+    n_bad = int((~torch.isfinite(x)).sum())
+    if n_bad:
+        raise ValueError(f"kmeans: x must be finite, got {n_bad} NaN or infinite values")
+
+
+def _rows(x: Tensor, idx: Tensor, offset: int, comm: _Comm) -> Tensor:
+    """fp32 ``[B, M, D]``: rows ``idx [B, M]`` (global indices) of the vectors split over ranks."""
+    n_local = x.shape[1]
+    local = idx - offset
+    mine = (local >= 0) & (local < n_local)
+    rows = torch.gather(x, 1, local.clamp(0, max(n_local - 1, 0))[..., None].expand(-1, -1, x.shape[2]))
+    rows = torch.where(mine[..., None], rows.float(), torch.zeros((), device=x.device))
+    return comm.sum_(rows)
+
+
+def _init_kmeanspp(x: Tensor, k: int, n_total: int, offset: int, gen: torch.Generator, comm: _Comm) -> Tensor:
+    """k-means++ (D^2 sampling), vectorised over the B problems; draws from ``gen`` on the CPU."""
+    batch, n_local, _ = x.shape
+    first = torch.randint(0, n_total, (batch, 1), generator=gen).to(x.device)
+    cents = [_rows(x, first, offset, comm)]
+    _, dmin = ops.kmeans_assign(x, cents[0])  # [B, n_local] squared distances
+    for _ in range(1, k):
+        w = dmin.double()
+        totals = comm.gather(w.sum(1)).cpu()  # [world, B]
+        grand = totals.sum(0)
+        u = torch.rand(batch, generator=gen, dtype=torch.float64) * grand
+        # All points coincide with centroids already: fall back to a uniform draw.
+        uniform = grand <= 0
+        rank_end = totals.cumsum(0)
+        owner = (rank_end <= u[None]).sum(0).clamp(max=comm.world - 1)  # [B]
+        before = torch.where(owner > 0, rank_end[(owner - 1).clamp(min=0), torch.arange(batch)], 0.0)
+        pick = torch.full((batch,), -1, dtype=torch.int64)
+        mine = (owner == comm.rank) & ~uniform
+        if mine.any() and n_local > 0:
+            cum = w.cumsum(1).cpu()
+            local = torch.searchsorted(cum, (u - before)[:, None], right=True)[:, 0].clamp(max=n_local - 1)
+            pick = torch.where(mine, local + offset, pick)
+        if uniform.any():
+            draw = torch.randint(0, n_total, (batch,), generator=gen)
+            pick = torch.where(uniform & (comm.rank == 0), draw, pick)
+        # One rank owns each pick: share it as a max over ranks (others hold -1).
+        picked = comm.gather(pick).max(0).values.to(x.device)
+        c = _rows(x, picked[:, None], offset, comm)
+        cents.append(c)
+        _, d = ops.kmeans_assign(x, c)
+        dmin = torch.minimum(dmin, d)
+    return torch.cat(cents, 1)
+
+
+def _repair_empty(centroids: Tensor, counts: Tensor, eps: float, gen: torch.Generator) -> int:
+    """Split the most populated clusters into the empty ones, in place, vectorised over B.
+
+    Empty cluster i (ascending) takes the i-th largest cluster m (count >= 2): ``c_e = c_m + e``,
+    ``c_m = c_m - e`` with ``e = eps * (max|c_m| + eps) * randn`` (fairseq's split, scaled so it
+    survives fp32 rounding); the next assignment divides m's vectors between the two.
+    Returns how many clusters were empty.
+    """
+    empty = counts == 0
+    n_empty = empty.sum(1)
+    total = int(n_empty.sum())
+    if total == 0:
+        return 0
+    batch, k, dim = centroids.shape
+    e_max = int(n_empty.max())
+    donors = torch.sort(counts, dim=1, descending=True, stable=True).indices[:, :e_max]  # [B, E]
+    targets = torch.sort((~empty).to(torch.int8), dim=1, stable=True).indices[:, :e_max]  # empties first
+    valid = torch.arange(e_max, device=counts.device)[None] < n_empty[:, None]
+    valid &= counts.gather(1, donors) >= 2
+    base = centroids.gather(1, donors[..., None].expand(-1, -1, dim))
+    scale = eps * (base.abs().amax(-1, keepdim=True) + eps)
+    noise = torch.randn(batch, e_max, dim, generator=gen).to(centroids.device) * scale
+    keep_t = centroids.gather(1, targets[..., None].expand(-1, -1, dim))
+    v = valid[..., None]
+    # Targets first, then donors: a donor is never empty, so the two index sets are disjoint.
+    centroids.scatter_(1, targets[..., None].expand(-1, -1, dim), torch.where(v, base + noise, keep_t))
+    centroids.scatter_(1, donors[..., None].expand(-1, -1, dim), torch.where(v, base - noise, base))
+    return total
+
+
+def kmeans(
+    x: Tensor,
+    n_centroids: int,
+    *,
+    n_iter: int = 20,
+    init: str = "random",
+    tol: float | None = None,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    process_group=None,
+    verbose: bool = False,
+    eps: float = 1e-6,
+    max_tentatives: int = 30,
+) -> KMeansResult:
+    """Lloyd's k-means on ``B`` independent problems at once (squared L2).
+
+    Each iteration assigns every vector to its nearest centroid (:func:`ops.kmeans_assign`: fused,
+    ties to the lowest index), then moves each centroid to the mean of its vectors
+    (:func:`ops.kmeans_update`). Clusters left empty are refilled by splitting the most populated
+    ones (vectorised; see ``_repair_empty``); after the last iteration up to ``max_tentatives``
+    split-and-reassign passes run, and any cluster still empty is reported by a ``UserWarning``
+    with the count (and ``n_empty``): never silently.
+
+    Args:
+        x: ``[N, D]`` or ``[B, N, D]`` float (fp16/bf16 are read as is and accumulated in fp32;
+            fp64 is cast to fp32). Must be finite. With ``process_group``: this rank's shard
+            (ranks in order hold consecutive parts of the data set; N may differ per rank).
+        n_centroids: ``K``, between 1 and 65536 and at most the number of vectors.
+        n_iter: EM iterations (assign + update); the codes returned come from one more
+            assignment, with the returned centroids.
+        init: ``"random"``: ``K`` vectors drawn uniformly with replacement (fairseq), indices
+            ``torch.randint(0, N, (B, K), generator=g)``; ``"kmeans++"``: D^2 sampling.
+        tol: stop early once the objective improves by less than ``tol`` relative.
+        generator: CPU ``torch.Generator`` for every random draw; ``seed`` overrides it. With
+            neither, a seed is drawn from torch's default generator (so ``torch.manual_seed``
+            makes runs repeatable) and rank 0's is used on every rank.
+        seed: make the run deterministic (same result on every call and device).
+        process_group: ``torch.distributed`` group; every rank must call with the same arguments.
+        verbose: print progress (objective, empty clusters, time) to stderr, on rank 0.
+        eps: relative size of the perturbation that splits a cluster (fairseq's ``eps``).
+        max_tentatives: split-and-reassign passes after the last iteration while clusters are empty.
+
+    Returns:
+        :class:`KMeansResult` with ``centroids`` fp32, ``codes`` int64, ``objective`` list, ``n_empty``.
+    """
+    _check_input(x, n_centroids, n_iter, init)
+    squeeze = x.dim() == 2
+    xb = x.unsqueeze(0) if squeeze else x
+    if xb.dtype == torch.float64:
+        xb = xb.float()
+    xb = xb.contiguous()
+    batch, n_local, dim = xb.shape
+    comm = _Comm(process_group)
+    sizes = comm.gather(torch.tensor([n_local], dtype=torch.int64))[:, 0].tolist()
+    offset, n_total = sum(sizes[: comm.rank]), sum(sizes)
+    k = n_centroids
+    if k > n_total:
+        raise ValueError(f"kmeans: n_centroids must be at most the number of vectors N={n_total}, got {k}")
+    if seed is not None:
+        gen = torch.Generator().manual_seed(int(seed))
+    elif generator is not None:
+        gen = generator
+    else:
+        gen = torch.Generator().manual_seed(comm.broadcast_int(int(torch.randint(0, 2**62, ()))))
+
+    start = time.perf_counter()
+    log = verbose and comm.rank == 0
+
+    def report(message: str) -> None:
+        if log:
+            print(f"kmeans [{time.perf_counter() - start:7.2f}s] {message}", file=sys.stderr, flush=True)
+
+    if init == "random":
+        idx = torch.randint(0, n_total, (batch, k), generator=gen).to(xb.device)
+        centroids = _rows(xb, idx, offset, comm)
+    else:
+        centroids = _init_kmeanspp(xb, k, n_total, offset, gen, comm)
+
+    objective: list[float] = []
+    codes, dist = ops.kmeans_assign(xb, centroids)
+    objective.append(float(comm.sum_(dist.double().sum())))
+    for it in range(n_iter):
+        sums, counts = ops.kmeans_update(xb, codes, k)
+        comm.sum_(sums)
+        comm.sum_(counts)
+        filled = counts > 0
+        centroids = torch.where(filled[..., None], sums / counts.clamp(min=1)[..., None].float(), centroids)
+        n_repaired = _repair_empty(centroids, counts, eps, gen)
+        codes, dist = ops.kmeans_assign(xb, centroids)
+        objective.append(float(comm.sum_(dist.double().sum())))
+        report(f"iteration {it + 1}/{n_iter}: objective {objective[-1]:.6g}, {n_repaired} empty clusters split")
+        prev = objective[-2]
+        if tol is not None and n_repaired == 0 and abs(prev - objective[-1]) <= tol * abs(prev):
+            report(f"converged: relative change below tol={tol}")
+            break
+
+    counts = _counts(codes, k, comm)
+    for attempt in range(max_tentatives if n_iter > 0 else 0):
+        if not bool((counts == 0).any()):
+            break
+        n_repaired = _repair_empty(centroids, counts, eps, gen)
+        codes, dist = ops.kmeans_assign(xb, centroids)
+        objective.append(float(comm.sum_(dist.double().sum())))
+        counts = _counts(codes, k, comm)
+        report(f"repair pass {attempt + 1}: split {n_repaired} empty clusters")
+    n_empty = int((counts == 0).sum())
+    if n_empty:
+        warnings.warn(
+            f"kmeans: {n_empty} of {batch * k} clusters are empty after {n_iter} iterations and "
+            f"{max_tentatives} repair passes (too few distinct vectors?)",
+            stacklevel=2,
+        )
+    if squeeze:
+        return KMeansResult(centroids[0], codes[0], objective, n_empty)
+    return KMeansResult(centroids, codes, objective, n_empty)
+
+
+def _counts(codes: Tensor, k: int, comm: _Comm) -> Tensor:
+    offsets = torch.arange(codes.shape[0], device=codes.device)[:, None] * k
+    counts = torch.bincount((codes + offsets).reshape(-1), minlength=codes.shape[0] * k).view(-1, k)
+    return comm.sum_(counts)

@@ -1,0 +1,141 @@
+"""iPQ weight quantizer: cut a weight into blocks, cluster them, encode to codes + codebook.
+
+Block layout (DESIGN §3): ``weight.reshape(out, -1)``; block ``(r, j)`` is entries
+``[j*bs, (j+1)*bs)`` of row ``r`` and sits at index ``r * (row // bs) + j`` of the block matrix.
+This covers ``nn.Linear`` ``[out, in]``, ``nn.Embedding`` ``[num, dim]`` and ``nn.Conv1d/2d``
+``[out, in/groups, *kernel]`` (any kernel size, any groups). fairseq orders the same blocks
+block-index first (``n = j*out + r``); :func:`to_fairseq_order` / :func:`from_fairseq_order` convert.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..clustering import kmeans
+
+__all__ = ["PQ", "weight_to_blocks", "blocks_to_weight", "to_fairseq_order", "from_fairseq_order", "codes_dtype"]
+
+
+def _row_length(shape: torch.Size | tuple[int, ...]) -> int:
+    row = 1
+    for s in shape[1:]:
+        row *= int(s)
+    return row
+
+
+def codes_dtype(n_centroids: int) -> torch.dtype:
+    """The interchange dtype of codes: ``uint8`` when ``K <= 256``, else ``int32``."""
+    return torch.uint8 if n_centroids <= 256 else torch.int32
+
+
+def weight_to_blocks(weight: Tensor, block_size: int) -> Tensor:
+    """``[out * row // block_size, block_size]`` view (or copy) of the blocks of ``weight``, row-major.
+
+    Raises:
+        ValueError: ``weight`` has fewer than 2 dimensions or ``block_size`` does not divide its row length.
+    """
+    if weight.dim() < 2:
+        raise ValueError(f"weight_to_blocks: weight must have at least 2 dimensions, got shape {tuple(weight.shape)}")
+    row = _row_length(weight.shape)
+    if block_size <= 0 or row % block_size:
+        raise ValueError(
+            f"weight_to_blocks: block_size must divide the row length {row} of weight {tuple(weight.shape)}, "
+            f"got {block_size}"
+        )
+    return weight.reshape(weight.shape[0], -1).reshape(-1, block_size)
+
+
+def blocks_to_weight(blocks: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
+    """Inverse of :func:`weight_to_blocks`: blocks ``[n_blocks, bs]`` back to a weight of ``shape``."""
+    numel = 1
+    for s in shape:
+        numel *= int(s)
+    if blocks.numel() != numel:
+        raise ValueError(f"blocks_to_weight: {tuple(blocks.shape)} blocks do not fill shape {tuple(shape)}")
+    return blocks.reshape(shape)
+
+
+def to_fairseq_order(codes: Tensor) -> Tensor:
+    """Interchange codes ``[out, nb]`` -> fairseq's ``assignments [nb * out]`` int64 (``n = j*out + o``)."""
+    if codes.dim() != 2:
+        raise ValueError(f"to_fairseq_order: codes must be [out, n_blocks], got shape {tuple(codes.shape)}")
+    return codes.t().reshape(-1).long()
+
+
+def from_fairseq_order(assignments: Tensor, out_features: int, n_centroids: int | None = None) -> Tensor:
+    """fairseq's ``assignments [nb * out]`` -> interchange codes ``[out, nb]``.
+
+    The dtype is :func:`codes_dtype` of ``n_centroids`` (default: ``assignments.max() + 1``).
+    """
+    if assignments.dim() != 1 or out_features <= 0 or assignments.numel() % out_features:
+        raise ValueError(
+            f"from_fairseq_order: assignments must be 1-D with a multiple of out_features={out_features} "
+            f"entries, got shape {tuple(assignments.shape)}"
+        )
+    k = n_centroids if n_centroids is not None else (int(assignments.max()) + 1 if assignments.numel() else 1)
+    codes = assignments.reshape(-1, out_features).t().contiguous()
+    return codes.to(codes_dtype(k))
+
+
+class PQ:
+    """Product quantization of one weight (fairseq's ``PQ`` on our block layout and k-means).
+
+    Args:
+        weight: ``[out, ...]`` float weight (Linear, Embedding, Conv1d/2d; any kernel size and groups).
+        block_size: block length; must divide ``weight[0].numel()``.
+        n_centroids: codebook size ``K`` (at most the number of blocks).
+        n_iter: k-means iterations.
+        eps: relative size of the split that refills empty clusters.
+        max_tentatives: split-and-reassign passes after the last iteration while clusters are empty.
+        verbose: print k-means progress.
+        seed: make :meth:`encode` deterministic.
+
+    After :meth:`encode`: ``codes`` ``[out, row // block_size]`` (uint8 if ``K <= 256`` else int32),
+    ``centroids`` ``[K, block_size]`` float32, ``objective`` (k-means history).
+    """
+
+    def __init__(
+        self,
+        weight: Tensor,
+        block_size: int,
+        n_centroids: int = 256,
+        n_iter: int = 20,
+        eps: float = 1e-6,
+        max_tentatives: int = 30,
+        verbose: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        self.blocks = weight_to_blocks(weight.detach(), block_size)  # validates block_size
+        self.shape = tuple(weight.shape)
+        self.dtype = weight.dtype
+        self.block_size = int(block_size)
+        self.n_centroids = int(n_centroids)
+        self.n_iter, self.eps, self.max_tentatives = int(n_iter), float(eps), int(max_tentatives)
+        self.verbose, self.seed = verbose, seed
+        self.codes: Tensor | None = None
+        self.centroids: Tensor | None = None
+        self.objective: list[float] = []
+
+    def encode(self) -> tuple[Tensor, Tensor]:
+        """Cluster the blocks; returns ``(codes [out, nb], centroids [K, bs] float32)``."""
+        result = kmeans(
+            self.blocks,
+            self.n_centroids,
+            n_iter=self.n_iter,
+            seed=self.seed,
+            verbose=self.verbose,
+            eps=self.eps,
+            max_tentatives=self.max_tentatives,
+        )
+        self.centroids = result.centroids
+        self.codes = result.codes.view(self.shape[0], -1).to(codes_dtype(self.n_centroids))
+        self.objective = result.objective
+        return self.codes, self.centroids
+
+    def decode(self) -> Tensor:
+        """The quantized weight ``centroids[codes]`` in the original shape and dtype."""
+        if self.codes is None or self.centroids is None:
+            raise RuntimeError("PQ.decode: call encode() first")
+        blocks = self.centroids[self.codes.reshape(-1).long()]
+        return blocks_to_weight(blocks, self.shape).to(self.dtype)
