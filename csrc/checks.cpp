@@ -117,7 +117,6 @@ void check_kmeans_update_args(const at::Tensor& x, const at::Tensor& codes, int6
 
 }  // namespace quantnoise
 
-
 namespace quantnoise {
 
 PQShape check_pq_codebook_args(std::string_view op, const at::Tensor& codes, const at::Tensor& centroids,
