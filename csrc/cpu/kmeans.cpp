@@ -59,6 +59,9 @@ __attribute__((target("avx512f,fma"))) void argmin_avx512(const float* __restric
   __m512i kv = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512i step = _mm512_set1_epi32(16);
   for (int64_t kb = 0; kb < cb.kp; kb += 16) {
+    // Opaque to the optimiser: otherwise GCC hoists all P*D broadcasts out of the loop and
+    // spills them to the stack; in the loop they are free embedded-broadcast FMA operands.
+    asm("" : "+r"(x));
     const __m512 hv = _mm512_loadu_ps(cb.h + kb);
     __m512 acc[P];
     for (int p = 0; p < P; ++p) acc[p] = hv;
