@@ -44,8 +44,8 @@ class KMeansResult:
 class _Comm:
     """The collectives kmeans needs; no-ops without a process group."""
 
-    def __init__(self, group) -> None:
-        self.group = group
+    def __init__(self, group, device: torch.device) -> None:
+        self.group, self.device = group, device  # NCCL needs device tensors; gloo takes either
         if group is None:
             self.rank, self.world = 0, 1
         else:
@@ -70,7 +70,7 @@ class _Comm:
     def broadcast_int(self, value: int) -> int:
         if self.world == 1:
             return value
-        t = torch.tensor([value], dtype=torch.int64)
+        t = torch.tensor([value], dtype=torch.int64, device=self.device)
         self.dist.broadcast(t, src=self.dist.get_global_rank(self.group, 0), group=self.group)
         return int(t.item())
 
@@ -129,7 +129,7 @@ def _init_kmeanspp(x: Tensor, k: int, n_total: int, offset: int, gen: torch.Gene
             draw = torch.randint(0, n_total, (batch,), generator=gen)
             pick = torch.where(uniform & (comm.rank == 0), draw, pick)
         # One rank owns each pick: share it as a max over ranks (others hold -1).
-        picked = comm.gather(pick).max(0).values.to(x.device)
+        picked = comm.gather(pick.to(x.device)).max(0).values
         c = _rows(x, picked[:, None], offset, comm)
         cents.append(c)
         _, d = ops.kmeans_assign(x, c)
@@ -219,8 +219,8 @@ def kmeans(
         xb = xb.float()
     xb = xb.contiguous()
     batch, n_local, dim = xb.shape
-    comm = _Comm(process_group)
-    sizes = comm.gather(torch.tensor([n_local], dtype=torch.int64))[:, 0].tolist()
+    comm = _Comm(process_group, xb.device)
+    sizes = comm.gather(torch.tensor([n_local], dtype=torch.int64, device=xb.device))[:, 0].tolist()
     offset, n_total = sum(sizes[: comm.rank]), sum(sizes)
     k = n_centroids
     if k > n_total:
