@@ -110,8 +110,8 @@ def _init_kmeanspp(x: Tensor, k: int, n_total: int, offset: int, gen: torch.Gene
     cents = [_rows(x, first, offset, comm)]
     _, dmin = ops.kmeans_assign(x, cents[0])  # [B, n_local] squared distances
     for _ in range(1, k):
-        w = dmin.double()
-        totals = comm.gather(w.sum(1)).cpu()  # [world, B]
+        cum = torch.cumsum(dmin, 1, dtype=torch.float64)  # one pass gives the weights' prefix sums and totals
+        totals = comm.gather(cum[:, -1] if n_local else cum.new_zeros(batch)).cpu()  # [world, B]
         grand = totals.sum(0)
         u = torch.rand(batch, generator=gen, dtype=torch.float64) * grand
         # All points coincide with centroids already: fall back to a uniform draw.
@@ -122,8 +122,8 @@ def _init_kmeanspp(x: Tensor, k: int, n_total: int, offset: int, gen: torch.Gene
         pick = torch.full((batch,), -1, dtype=torch.int64)
         mine = (owner == comm.rank) & ~uniform
         if mine.any() and n_local > 0:
-            cum = w.cumsum(1).cpu()
-            local = torch.searchsorted(cum, (u - before)[:, None], right=True)[:, 0].clamp(max=n_local - 1)
+            target = (u - before)[:, None].to(cum.device)
+            local = torch.searchsorted(cum, target, right=True)[:, 0].cpu().clamp(max=n_local - 1)
             pick = torch.where(mine, local + offset, pick)
         if uniform.any():
             draw = torch.randint(0, n_total, (batch,), generator=gen)

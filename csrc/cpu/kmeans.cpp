@@ -282,7 +282,7 @@ std::tuple<at::Tensor, at::Tensor> kmeans_update_cpu(const at::Tensor& x,      /
 
   const int64_t stride = k * dim + k;  // one chunk's partial sums then counts, as doubles
   const int64_t by_size = (n + 16383) / 16384;
-  const int64_t by_memory = std::max<int64_t>(1, (int64_t{1} << 22) / stride);  // <= 32 MiB per problem
+  const int64_t by_memory = std::max<int64_t>(1, (int64_t{1} << 22) / (stride * batch));  // ~32 MiB in all
   const int64_t n_chunks = std::max<int64_t>(1, std::min({by_size, by_memory, int64_t{64}}));
   const int64_t chunk = (n + n_chunks - 1) / n_chunks;
   std::vector<double> partial(static_cast<size_t>(batch * n_chunks * stride), 0.0);
