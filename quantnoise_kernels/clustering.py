@@ -247,7 +247,7 @@ def kmeans(
 
     objective: list[float] = []
     codes, dist = ops.kmeans_assign(xb, centroids)
-    objective.append(float(comm.sum_(dist.double().sum())))
+    objective.append(float(comm.sum_(dist.sum(dtype=torch.float64))))
     for it in range(n_iter):
         sums, counts = ops.kmeans_update(xb, codes, k)
         comm.sum_(sums)
@@ -256,7 +256,7 @@ def kmeans(
         centroids = torch.where(filled[..., None], sums / counts.clamp(min=1)[..., None].float(), centroids)
         n_repaired = _repair_empty(centroids, counts, eps, gen)
         codes, dist = ops.kmeans_assign(xb, centroids)
-        objective.append(float(comm.sum_(dist.double().sum())))
+        objective.append(float(comm.sum_(dist.sum(dtype=torch.float64))))
         report(f"iteration {it + 1}/{n_iter}: objective {objective[-1]:.6g}, {n_repaired} empty clusters split")
         prev = objective[-2]
         if tol is not None and n_repaired == 0 and abs(prev - objective[-1]) <= tol * abs(prev):
@@ -269,7 +269,7 @@ def kmeans(
             break
         n_repaired = _repair_empty(centroids, counts, eps, gen)
         codes, dist = ops.kmeans_assign(xb, centroids)
-        objective.append(float(comm.sum_(dist.double().sum())))
+        objective.append(float(comm.sum_(dist.sum(dtype=torch.float64))))
         counts = _counts(codes, k, comm)
         report(f"repair pass {attempt + 1}: split {n_repaired} empty clusters")
     n_empty = int((counts == 0).sum())
