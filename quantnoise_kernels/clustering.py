@@ -247,7 +247,7 @@ def kmeans(
 
     objective: list[float] = []
     codes, dist = ops.kmeans_assign(xb, centroids)
-    objective.append(float(comm.sum_(dist.sum(dtype=torch.float64))))
+    objective.append(_objective(dist, comm))
     for it in range(n_iter):
         sums, counts = ops.kmeans_update(xb, codes, k)
         comm.sum_(sums)
@@ -256,7 +256,7 @@ def kmeans(
         centroids = torch.where(filled[..., None], sums / counts.clamp(min=1)[..., None].float(), centroids)
         n_repaired = _repair_empty(centroids, counts, eps, gen)
         codes, dist = ops.kmeans_assign(xb, centroids)
-        objective.append(float(comm.sum_(dist.sum(dtype=torch.float64))))
+        objective.append(_objective(dist, comm))
         report(f"iteration {it + 1}/{n_iter}: objective {objective[-1]:.6g}, {n_repaired} empty clusters split")
         prev = objective[-2]
         if tol is not None and n_repaired == 0 and abs(prev - objective[-1]) <= tol * abs(prev):
@@ -269,7 +269,7 @@ def kmeans(
             break
         n_repaired = _repair_empty(centroids, counts, eps, gen)
         codes, dist = ops.kmeans_assign(xb, centroids)
-        objective.append(float(comm.sum_(dist.sum(dtype=torch.float64))))
+        objective.append(_objective(dist, comm))
         counts = _counts(codes, k, comm)
         report(f"repair pass {attempt + 1}: split {n_repaired} empty clusters")
     n_empty = int((counts == 0).sum())
@@ -288,3 +288,14 @@ def _counts(codes: Tensor, k: int, comm: _Comm) -> Tensor:
     offsets = torch.arange(codes.shape[0], device=codes.device)[:, None] * k
     counts = torch.bincount((codes + offsets).reshape(-1), minlength=codes.shape[0] * k).view(-1, k)
     return comm.sum_(counts)
+
+
+def _objective(dist: Tensor, comm: _Comm) -> float:
+    """Sum of squared distances over all problems and ranks, accumulated in fp64."""
+    if dist.device.type == "cpu":
+        # numpy's single-threaded sum: a 2-thread torch reduction of ~1e5 values can wait
+        # milliseconds for its second thread on a busy machine, more than the sum itself.
+        total = torch.tensor(float(dist.numpy().sum(dtype="float64")), dtype=torch.float64)
+    else:
+        total = dist.sum(dtype=torch.float64)
+    return float(comm.sum_(total))

@@ -291,7 +291,10 @@ std::tuple<at::Tensor, at::Tensor> kmeans_update_cpu(const at::Tensor& x,      /
   const int64_t* code_ptr = cc.const_data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "kmeans_update_cpu", [&] {
     const scalar_t* x_ptr = xc.const_data_ptr<scalar_t>();
-    at::parallel_for(0, batch * n_chunks, 1, [&](int64_t t_begin, int64_t t_end) {
+    // Below ~1M values one thread finishes in about a millisecond: waking a second one can cost
+    // more than that on a busy machine. (Chunks, hence results, do not depend on this.)
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, chunk * dim));
+    at::parallel_for(0, batch * n_chunks, grain, [&](int64_t t_begin, int64_t t_end) {
       for (int64_t t = t_begin; t < t_end; ++t) {
         const int64_t b = t / n_chunks, i0 = (t % n_chunks) * chunk, i1 = std::min(n, i0 + chunk);
         double* acc = partial.data() + t * stride;
