@@ -10,7 +10,7 @@ PY := $(abspath $(VENV))/bin/python
 STAMP := $(VENV)/.deps-installed
 CMAKE_BUILD ?= build/cmake
 
-.PHONY: setup build test test-python test-cpp demo bench lint format clean
+.PHONY: setup build test test-python test-cpp demo bench bench-extras lint format clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,10 @@ demo: build
 	$(PY) -m benchmarks.run
 
 bench: demo
+
+# Optional peers the benchmarks compare against when installed (never test dependencies).
+bench-extras: setup
+	$(PY) -m pip install -q faiss-cpu
 
 lint: setup
 	$(PY) -m ruff check .

@@ -277,3 +277,21 @@ def test_kmeans_distributed_matches_single_process(init):
         torch.testing.assert_close(p["centroids"], single.centroids, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(torch.tensor(p["objective"]), torch.tensor(single.objective), rtol=1e-6, atol=0)
     assert torch.equal(torch.cat([p["codes"] for p in parts], 1), single.codes)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_kmeans_devices_and_dtypes(device, dtype):
+    x = torch.randn(2, 1500, 8).to(dtype)
+    cpu = qn.kmeans(x, 16, n_iter=5, seed=2)
+    got = qn.kmeans(x.to(device), 16, n_iter=5, seed=2)
+    assert got.centroids.dtype == torch.float32 and got.centroids.device.type == torch.device(device).type
+    torch.testing.assert_close(got.centroids.cpu(), cpu.centroids, rtol=1e-5, atol=1e-5)
+    assert (got.codes.cpu() == cpu.codes).float().mean() > 0.999
+    ref_c, ref_obj = _reference_em(x.float(), _random_init(x.float(), 16, 2), 0)
+    torch.testing.assert_close(torch.tensor(cpu.objective[0]), torch.tensor(ref_obj[0]), rtol=1e-5, atol=0)
+
+
+def _random_init(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    idx = torch.randint(0, x.shape[1], (x.shape[0], k), generator=torch.Generator().manual_seed(seed))
+    return torch.stack([x[b, idx[b]] for b in range(x.shape[0])])

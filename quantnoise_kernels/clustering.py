@@ -44,8 +44,8 @@ class KMeansResult:
 class _Comm:
     """The collectives kmeans needs; no-ops without a process group."""
 
-    def __init__(self, group) -> None:
-        self.group = group
+    def __init__(self, group, device: torch.device) -> None:
+        self.group, self.device = group, device  # NCCL needs device tensors; gloo takes either
         if group is None:
             self.rank, self.world = 0, 1
         else:
@@ -70,7 +70,7 @@ class _Comm:
     def broadcast_int(self, value: int) -> int:
         if self.world == 1:
             return value
-        t = torch.tensor([value], dtype=torch.int64)
+        t = torch.tensor([value], dtype=torch.int64, device=self.device)
         self.dist.broadcast(t, src=self.dist.get_global_rank(self.group, 0), group=self.group)
         return int(t.item())
 
@@ -110,8 +110,8 @@ def _init_kmeanspp(x: Tensor, k: int, n_total: int, offset: int, gen: torch.Gene
     cents = [_rows(x, first, offset, comm)]
     _, dmin = ops.kmeans_assign(x, cents[0])  # [B, n_local] squared distances
     for _ in range(1, k):
-        w = dmin.double()
-        totals = comm.gather(w.sum(1)).cpu()  # [world, B]
+        cum = torch.cumsum(dmin, 1, dtype=torch.float64)  # one pass gives the weights' prefix sums and totals
+        totals = comm.gather(cum[:, -1] if n_local else cum.new_zeros(batch)).cpu()  # [world, B]
         grand = totals.sum(0)
         u = torch.rand(batch, generator=gen, dtype=torch.float64) * grand
         # All points coincide with centroids already: fall back to a uniform draw.
@@ -122,14 +122,14 @@ def _init_kmeanspp(x: Tensor, k: int, n_total: int, offset: int, gen: torch.Gene
         pick = torch.full((batch,), -1, dtype=torch.int64)
         mine = (owner == comm.rank) & ~uniform
         if mine.any() and n_local > 0:
-            cum = w.cumsum(1).cpu()
-            local = torch.searchsorted(cum, (u - before)[:, None], right=True)[:, 0].clamp(max=n_local - 1)
+            target = (u - before)[:, None].to(cum.device)
+            local = torch.searchsorted(cum, target, right=True)[:, 0].cpu().clamp(max=n_local - 1)
             pick = torch.where(mine, local + offset, pick)
         if uniform.any():
             draw = torch.randint(0, n_total, (batch,), generator=gen)
             pick = torch.where(uniform & (comm.rank == 0), draw, pick)
         # One rank owns each pick: share it as a max over ranks (others hold -1).
-        picked = comm.gather(pick).max(0).values.to(x.device)
+        picked = comm.gather(pick.to(x.device)).max(0).values
         c = _rows(x, picked[:, None], offset, comm)
         cents.append(c)
         _, d = ops.kmeans_assign(x, c)
@@ -219,8 +219,8 @@ def kmeans(
         xb = xb.float()
     xb = xb.contiguous()
     batch, n_local, dim = xb.shape
-    comm = _Comm(process_group)
-    sizes = comm.gather(torch.tensor([n_local], dtype=torch.int64))[:, 0].tolist()
+    comm = _Comm(process_group, xb.device)
+    sizes = comm.gather(torch.tensor([n_local], dtype=torch.int64, device=xb.device))[:, 0].tolist()
     offset, n_total = sum(sizes[: comm.rank]), sum(sizes)
     k = n_centroids
     if k > n_total:
@@ -247,7 +247,7 @@ def kmeans(
 
     objective: list[float] = []
     codes, dist = ops.kmeans_assign(xb, centroids)
-    objective.append(float(comm.sum_(dist.double().sum())))
+    objective.append(_objective(dist, comm))
     for it in range(n_iter):
         sums, counts = ops.kmeans_update(xb, codes, k)
         comm.sum_(sums)
@@ -256,7 +256,7 @@ def kmeans(
         centroids = torch.where(filled[..., None], sums / counts.clamp(min=1)[..., None].float(), centroids)
         n_repaired = _repair_empty(centroids, counts, eps, gen)
         codes, dist = ops.kmeans_assign(xb, centroids)
-        objective.append(float(comm.sum_(dist.double().sum())))
+        objective.append(_objective(dist, comm))
         report(f"iteration {it + 1}/{n_iter}: objective {objective[-1]:.6g}, {n_repaired} empty clusters split")
         prev = objective[-2]
         if tol is not None and n_repaired == 0 and abs(prev - objective[-1]) <= tol * abs(prev):
@@ -269,7 +269,7 @@ def kmeans(
             break
         n_repaired = _repair_empty(centroids, counts, eps, gen)
         codes, dist = ops.kmeans_assign(xb, centroids)
-        objective.append(float(comm.sum_(dist.double().sum())))
+        objective.append(_objective(dist, comm))
         counts = _counts(codes, k, comm)
         report(f"repair pass {attempt + 1}: split {n_repaired} empty clusters")
     n_empty = int((counts == 0).sum())
@@ -288,3 +288,14 @@ def _counts(codes: Tensor, k: int, comm: _Comm) -> Tensor:
     offsets = torch.arange(codes.shape[0], device=codes.device)[:, None] * k
     counts = torch.bincount((codes + offsets).reshape(-1), minlength=codes.shape[0] * k).view(-1, k)
     return comm.sum_(counts)
+
+
+def _objective(dist: Tensor, comm: _Comm) -> float:
+    """Sum of squared distances over all problems and ranks, accumulated in fp64."""
+    if dist.device.type == "cpu":
+        # numpy's single-threaded sum: a 2-thread torch reduction of ~1e5 values can wait
+        # milliseconds for its second thread on a busy machine, more than the sum itself.
+        total = torch.tensor(float(dist.numpy().sum(dtype="float64")), dtype=torch.float64)
+    else:
+        total = dist.sum(dtype=torch.float64)
+    return float(comm.sum_(total))

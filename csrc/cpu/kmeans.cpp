@@ -59,6 +59,9 @@ __attribute__((target("avx512f,fma"))) void argmin_avx512(const float* __restric
   __m512i kv = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512i step = _mm512_set1_epi32(16);
   for (int64_t kb = 0; kb < cb.kp; kb += 16) {
+    // Opaque to the optimiser: otherwise GCC hoists all P*D broadcasts out of the loop and
+    // spills them to the stack; in the loop they are free embedded-broadcast FMA operands.
+    asm("" : "+r"(x));
     const __m512 hv = _mm512_loadu_ps(cb.h + kb);
     __m512 acc[P];
     for (int p = 0; p < P; ++p) acc[p] = hv;
@@ -279,7 +282,7 @@ std::tuple<at::Tensor, at::Tensor> kmeans_update_cpu(const at::Tensor& x,      /
 
   const int64_t stride = k * dim + k;  // one chunk's partial sums then counts, as doubles
   const int64_t by_size = (n + 16383) / 16384;
-  const int64_t by_memory = std::max<int64_t>(1, (int64_t{1} << 22) / stride);  // <= 32 MiB per problem
+  const int64_t by_memory = std::max<int64_t>(1, (int64_t{1} << 22) / (stride * batch));  // ~32 MiB in all
   const int64_t n_chunks = std::max<int64_t>(1, std::min({by_size, by_memory, int64_t{64}}));
   const int64_t chunk = (n + n_chunks - 1) / n_chunks;
   std::vector<double> partial(static_cast<size_t>(batch * n_chunks * stride), 0.0);
@@ -288,7 +291,10 @@ std::tuple<at::Tensor, at::Tensor> kmeans_update_cpu(const at::Tensor& x,      /
   const int64_t* code_ptr = cc.const_data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "kmeans_update_cpu", [&] {
     const scalar_t* x_ptr = xc.const_data_ptr<scalar_t>();
-    at::parallel_for(0, batch * n_chunks, 1, [&](int64_t t_begin, int64_t t_end) {
+    // Below ~1M values one thread finishes in about a millisecond: waking a second one can cost
+    // more than that on a busy machine. (Chunks, hence results, do not depend on this.)
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, chunk * dim));
+    at::parallel_for(0, batch * n_chunks, grain, [&](int64_t t_begin, int64_t t_end) {
       for (int64_t t = t_begin; t < t_end; ++t) {
         const int64_t b = t / n_chunks, i0 = (t % n_chunks) * chunk, i1 = std::min(n, i0 + chunk);
         double* acc = partial.data() + t * stride;
