@@ -27,8 +27,8 @@ void check_block_noise_args(const at::Tensor& weight, const at::Tensor& seed, do
   QN_CHECK_VALUE(block_size > 0, op, "block_size must be positive, got ", block_size);
   int64_t row = 1;  // product of sizes[1:], also meaningful when out == 0
   for (int64_t d = 1; d < weight.dim(); ++d) row *= weight.size(d);
-  QN_CHECK_VALUE(row % block_size == 0, op, "block_size must divide the row length of weight (", row,
-                 " for shape ", weight.sizes(), "), got block_size=", block_size);
+  QN_CHECK_VALUE(row % block_size == 0, op, "block_size must divide the row length of weight (", row, " for shape ",
+                 weight.sizes(), "), got block_size=", block_size);
   QN_CHECK_VALUE(std::isfinite(p) && p >= 0.0 && p <= 1.0, op, "p must be in [0, 1), got ", p);
   QN_CHECK_VALUE(!(rescale && p >= 1.0), op, "p must be in [0, 1) when rescale=True (survivors scale by 1/(1-p)), got ",
                  p);
