@@ -55,7 +55,11 @@ def test_pq_linear(benchmark, batch, impl):
         benchmark.extra_info["role"] = "baseline"
         fn = lambda: layer(x)  # noqa: E731
         with torch.no_grad():  # warm-up: numba compiles the kernel on the first call (seconds)
-            torch.testing.assert_close(fn(), F.linear(x, ops.pq_decode(codes, centroids, (OUT, IN)), bias))
+            # Same product, so the error should be fp32 rounding (|y| ~ 64). It is recorded, not
+            # asserted: AQLM's numba kernel accumulates `output[i] +=` inside a prange over input
+            # groups, a data race across threads, and its output varies from call to call.
+            expected = F.linear(x, ops.pq_decode(codes, centroids, (OUT, IN)), bias)
+            benchmark.extra_info["max_abs_err"] = float((fn() - expected).abs().max())
     with torch.no_grad():
         benchmark(fn)
 
