@@ -58,3 +58,9 @@ format: setup
 
 clean:
 	rm -rf build quantnoise_kernels/*.so .pytest_cache .benchmarks
+
+# Optional benchmark baselines (never test dependencies). --no-deps: aqlm's own requirements
+# would replace the pinned torch; numba needs only llvmlite and numpy (already there).
+.PHONY: bench-extras
+bench-extras: setup
+	$(PY) -m pip install -q --no-deps aqlm numba llvmlite scipy

@@ -56,7 +56,9 @@ def extension() -> cpp_extension.CppExtension:
     # cuBLAS/cuSPARSE headers of pip-installed CUDA live in site-packages/nvidia/cu13/include.
     nvidia = os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia")
     include_dirs += sorted(glob.glob(os.path.join(nvidia, "cu*", "include")))
-    args["nvcc"] = opt + ["--expt-relaxed-constexpr"]
+    # nvcc has no -g0: hand it to the host compiler.
+    nvcc_opt = ["-O0", "-g"] if debug else ["-O3", "-DNDEBUG", "-Xcompiler", "-g0"]
+    args["nvcc"] = nvcc_opt + ["--expt-relaxed-constexpr"]
     return cpp_extension.CUDAExtension(
         "quantnoise_kernels._C",
         sources,

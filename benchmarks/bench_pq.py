@@ -49,10 +49,37 @@ def test_pq_linear(benchmark, batch, impl):
         assignments = codes.t().reshape(-1).long()  # fairseq's order: block index first, then row
         fn = lambda: reference.pq_linear_fairseq(x, centroids, assignments, bias, OUT)  # noqa: E731
     else:
-        aqlm = pytest.importorskip("aqlm")
-        pytest.skip(f"aqlm {getattr(aqlm, '__version__', '?')} installed, but its CPU kernel is not wired up here")
+        if batch == 256:
+            pytest.skip("AQLM's CPU kernel loops over rows one GEMV at a time: batch 256 takes minutes")
+        layer = _aqlm_layer(codes, centroids, bias)
+        benchmark.extra_info["role"] = "baseline"
+        fn = lambda: layer(x)  # noqa: E731
+        with torch.no_grad():  # warm-up: numba compiles the kernel on the first call (seconds)
+            # Same product, so the error should be fp32 rounding (|y| ~ 64). It is recorded, not
+            # asserted: AQLM's numba kernel accumulates `output[i] +=` inside a prange over input
+            # groups, a data race across threads, and its output varies from call to call.
+            expected = F.linear(x, ops.pq_decode(codes, centroids, (OUT, IN)), bias)
+            benchmark.extra_info["max_abs_err"] = float((fn() - expected).abs().max())
     with torch.no_grad():
         benchmark(fn)
+
+
+def _aqlm_layer(codes, centroids, bias):
+    """AQLM's ``QuantizedLinear`` in format "1x8" (one codebook of 256 groups of 8 inputs) holding
+    exactly our codes and centroids (scales 1), so it computes the same product. Optional extra:
+    ``make bench-extras``; its CPU kernel is numba (one LUT GEMV per row, numba threads = torch's)."""
+    aqlm = pytest.importorskip("aqlm")
+    numba = pytest.importorskip("numba")
+    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    layer = aqlm.QuantizedLinear(
+        IN, OUT, in_group_size=BS, out_group_size=1, num_codebooks=1, nbits_per_codebook=8, bias=True
+    )
+    with torch.no_grad():
+        layer.codes.copy_(codes.view(torch.int8).reshape(OUT, IN // BS, 1))  # int8 storage of the uint8 codes
+        layer.codebooks.copy_(centroids.reshape(1, K, 1, BS))
+        layer.scales.fill_(1.0)
+        layer.bias.copy_(bias)
+    return layer
 
 
 @pytest.mark.parametrize("impl", ["pq_embedding", "dense"])

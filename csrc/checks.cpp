@@ -19,7 +19,8 @@ int64_t seed_value_on_cpu(const at::Tensor& seed) { return seed.item<int64_t>();
 
 void check_block_noise_args(const at::Tensor& weight, const at::Tensor& seed, double p, int64_t block_size,
                             bool rescale, std::string_view noise, std::string_view op) {
-  QN_CHECK_VALUE(noise == "drop", op, "noise must be one of {'drop'}, got '", noise, "'");
+  QN_CHECK_VALUE(noise == "drop" || noise == "centroid", op, "noise must be one of {'drop', 'centroid'}, got '", noise,
+                 "'");
   QN_CHECK_TYPE(is_supported_float(weight.scalar_type()), op,
                 "weight must be float32, float16, bfloat16 or float64, got dtype ", weight.scalar_type());
   QN_CHECK_VALUE(weight.dim() >= 2, op, "weight must have at least 2 dimensions [out, ...], got shape ",
@@ -30,8 +31,8 @@ void check_block_noise_args(const at::Tensor& weight, const at::Tensor& seed, do
   QN_CHECK_VALUE(row % block_size == 0, op, "block_size must divide the row length of weight (", row, " for shape ",
                  weight.sizes(), "), got block_size=", block_size);
   QN_CHECK_VALUE(std::isfinite(p) && p >= 0.0 && p <= 1.0, op, "p must be in [0, 1), got ", p);
-  QN_CHECK_VALUE(!(rescale && p >= 1.0), op, "p must be in [0, 1) when rescale=True (survivors scale by 1/(1-p)), got ",
-                 p);
+  QN_CHECK_VALUE(!(noise == "drop" && rescale && p >= 1.0), op,
+                 "p must be in [0, 1) when rescale=True (survivors scale by 1/(1-p)), got ", p);
   check_seed(op, seed, weight.device());
 }
 
@@ -200,6 +201,28 @@ void check_pq_embedding_indices(const at::Tensor& indices, const PQShape& s) {
     QN_CHECK_VALUE(lo >= 0 && hi < s.out, op, "indices must be in [0, num_embeddings=", s.out, "), got values in [", lo,
                    ", ", hi, "]");
   }
+}
+
+}  // namespace quantnoise
+
+namespace quantnoise {
+
+void check_block_noise_centroids(const at::Tensor& weight, int64_t block_size, std::string_view noise,
+                                 const std::optional<at::Tensor>& centroids) {
+  constexpr std::string_view op = "block_noise";
+  if (noise != "centroid") {
+    QN_CHECK_VALUE(!centroids.has_value(), op, "centroids apply to noise='centroid' only, got noise='", noise, "'");
+    return;
+  }
+  QN_CHECK_VALUE(centroids.has_value(), op,
+                 "centroids must be given for noise='centroid' (a [K, block_size] codebook)");
+  const at::Tensor& c = *centroids;
+  QN_CHECK_VALUE(c.dim() == 2 && c.size(0) > 0 && c.size(1) == block_size, op,
+                 "centroids must have shape [K, block_size=", block_size, "] with K > 0, got shape ", c.sizes());
+  QN_CHECK_TYPE(c.scalar_type() == weight.scalar_type(), op, "centroids must have weight's dtype ",
+                weight.scalar_type(), ", got ", c.scalar_type());
+  QN_CHECK_VALUE(c.device() == weight.device(), op, "centroids must be on weight's device ", weight.device(), ", got ",
+                 c.device());
 }
 
 }  // namespace quantnoise

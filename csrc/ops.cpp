@@ -17,11 +17,13 @@ TORCH_LIBRARY(quantnoise, m) {
   // Fused Quant-Noise on the blocks of `weight` (DESIGN §3.1). Block b (block_size consecutive
   // entries of a row of weight.reshape(out, -1)) is noised with probability p, drawn from
   // Philox keyed by (seed, offset, b). noise="drop": noised blocks become 0, kept blocks are
-  // scaled by 1/(1-p) if rescale. straight_through selects the backward (ops.py); the
+  // scaled by 1/(1-p) if rescale. noise="centroid": a noised block becomes its nearest row of
+  // `centroids` [K, block_size] (squared L2, ties to the lowest index), kept blocks are copied
+  // (s = 1; rescale is ignored). straight_through selects the backward (ops.py); the
   // forward ignores it. Returns a new contiguous tensor; weight is never written.
   m.def(
       "block_noise(Tensor weight, Tensor seed, float p, int block_size, int offset=0, bool rescale=True, "
-      "bool straight_through=True, str noise='drop') -> Tensor");
+      "bool straight_through=True, str noise='drop', Tensor? centroids=None) -> Tensor");
 
   // y = input . block_noise(weight)^T + bias (noise="drop"), fused: the noised weight is never
   // materialised (CPU: noised chunk by chunk into an L2-sized buffer). The mask is that of

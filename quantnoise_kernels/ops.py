@@ -49,6 +49,7 @@ def block_noise(
     rescale: bool = True,
     straight_through: bool = True,
     noise: str = "drop",
+    centroids: Tensor | None = None,
 ) -> Tensor:
     """Fused Quant-Noise on the blocks of ``weight`` (one pass, no mask tensor).
 
@@ -63,20 +64,35 @@ def block_noise(
         seed: int or one-element int64 tensor (CPU or ``weight``'s device); see :func:`draw_seed`.
         offset: second Philox counter word, to draw independent masks from one seed.
         rescale: ``noise="drop"`` only: scale kept blocks by ``1/(1-p)`` (fairseq's default).
+            Ignored by ``noise="centroid"`` (``s = 1``, so ``p = 1`` is allowed there).
         straight_through: backward passes ``s*grad`` to every entry (the paper's
             ``W + stopgrad(mask*(phi(W)-W))``); ``False``: dropout-style, 0 on noised blocks.
-        noise: ``"drop"`` (noised blocks become 0).
+        noise: ``"drop"`` (noised blocks become 0) or ``"centroid"`` (a noised block becomes its
+            nearest row of ``centroids`` in squared L2, ties to the lowest index; kept blocks
+            are copied unscaled).
+        centroids: ``noise="centroid"`` only (required there): ``[K, block_size]`` codebook with
+            ``weight``'s dtype and device. Not differentiated.
 
     Returns:
         A new contiguous tensor of ``weight``'s shape and dtype.
     """
     return torch.ops.quantnoise.block_noise.default(
-        weight, _as_seed(seed), float(p), int(block_size), int(offset), bool(rescale), bool(straight_through), noise
+        weight,
+        _as_seed(seed),
+        float(p),
+        int(block_size),
+        int(offset),
+        bool(rescale),
+        bool(straight_through),
+        noise,
+        centroids,
     )
 
 
 @torch.library.register_fake("quantnoise::block_noise")
-def _block_noise_fake(weight, seed, p, block_size, offset=0, rescale=True, straight_through=True, noise="drop"):
+def _block_noise_fake(
+    weight, seed, p, block_size, offset=0, rescale=True, straight_through=True, noise="drop", centroids=None
+):
     torch._check(
         weight.dim() >= 2, lambda: f"quantnoise::block_noise: weight must be >= 2-D, got {tuple(weight.shape)}"
     )
@@ -85,7 +101,7 @@ def _block_noise_fake(weight, seed, p, block_size, offset=0, rescale=True, strai
 
 
 def _block_noise_setup_context(ctx, inputs, output):
-    _, seed, p, block_size, offset, rescale, straight_through, noise = inputs
+    _, seed, p, block_size, offset, rescale, straight_through, noise, _centroids = inputs
     ctx.save_for_backward(seed)
     ctx.args = (p, block_size, offset, rescale, straight_through, noise)
 
@@ -100,7 +116,7 @@ def _block_noise_backward(ctx, grad: Tensor):
         grad_weight = torch.ops.quantnoise.block_noise.default(
             grad, seed, p, block_size, offset, scale != 1.0, False, "drop"
         ).view_as(grad)
-    return grad_weight, None, None, None, None, None, None, None
+    return grad_weight, None, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd(

@@ -284,3 +284,37 @@ def pq_linear_fairseq(x: Tensor, centroids: Tensor, assignments: Tensor, bias: T
     weight = centroids[assignments].reshape(-1, out_features, centroids.shape[1]).permute(1, 0, 2).flatten(1, 2)
     assert weight.shape[1] == in_features
     return torch.nn.functional.linear(x, weight, bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# Centroid noise (DESIGN §3.1, noise="centroid").
+
+__all__ += ["nearest_centroid", "block_noise_centroid"]
+
+
+def nearest_centroid(blocks: Tensor, centroids: Tensor) -> Tensor:
+    """Index ``[n]`` of the row of ``centroids[K, bs]`` nearest to each of ``blocks[n, bs]`` in squared L2.
+
+    Sums ``(b_d - c_d)**2`` over ``d`` in order, in float32 (float64 for float64 inputs), each
+    product rounded once: the kernels' arithmetic, so near-ties resolve alike. Ties go to the
+    lowest index (``argmin`` returns the first minimum).
+    """
+    opmath = torch.float64 if blocks.dtype == torch.float64 else torch.float32
+    diff = blocks.to(opmath)[:, None, :] - centroids.to(opmath)[None, :, :]  # [n, K, bs]
+    sq = diff * diff
+    d2 = torch.zeros(sq.shape[:2], dtype=opmath, device=blocks.device)
+    for d in range(sq.shape[2]):
+        d2 = d2 + sq[:, :, d]
+    return d2.argmin(dim=1)
+
+
+def block_noise_centroid(
+    weight: Tensor, p: float, block_size: int, seed: int, centroids: Tensor, offset: int = 0
+) -> Tensor:
+    """Reference of ``ops.block_noise(noise="centroid")``: noised blocks become their nearest centroid, s = 1."""
+    blocks = weight.reshape(-1, block_size)
+    mask = block_noise_mask(blocks.shape[0], p, seed, offset, device=weight.device)
+    out = blocks.clone()
+    if mask.any():
+        out[mask] = centroids[nearest_centroid(blocks[mask], centroids)]
+    return out.view(weight.shape)

@@ -2,9 +2,12 @@
 // (csrc/emu/) compiles this file with g++ and runs it on CPU threads.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "quantnoise/blocks.h"
+#include "quantnoise/cuda_compat.h"
+#include "quantnoise/pq.h"
 
 namespace quantnoise {
 
@@ -25,6 +28,48 @@ __global__ void block_noise_drop_kernel(const scalar_t* __restrict__ in, scalar_
     const bool dropped = rng.block_noised(i / block_size);
     out[i] = dropped ? scalar_t(0) : static_cast<scalar_t>(scale * static_cast<opmath_t>(in[i]));
   }
+}
+
+// noise="centroid": one thread per weight block, grid-stride. A noised block becomes its nearest
+// centroid (pq.h: the same squared-L2 sums and tie rule as the CPU kernel), a kept one is copied.
+// The codebook C [K][bs] is staged in dynamic shared memory when use_smem_c (else read via L1).
+template <typename scalar_t, typename opmath_t>
+__global__ void block_noise_centroid_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out,
+                                            int64_t n_blocks, int64_t block_size, const scalar_t* __restrict__ C,
+                                            int64_t K, bool use_smem_c, BlockRng rng,
+                                            const int64_t* __restrict__ seed_on_device) {
+  QN_DYNAMIC_SHARED(scalar_t, cs);
+  if (seed_on_device != nullptr) {
+    const uint64_t s = static_cast<uint64_t>(*seed_on_device);
+    rng.key0 = static_cast<uint32_t>(s);
+    rng.key1 = static_cast<uint32_t>(s >> 32);
+  }
+  if (use_smem_c) {
+    for (int64_t e = threadIdx.x; e < K * block_size; e += blockDim.x) cs[e] = C[e];
+    __syncthreads();
+  }
+  const scalar_t* Cr = use_smem_c ? cs : C;
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  for (int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; b < n_blocks; b += stride) {
+    const scalar_t* src = in + b * block_size;
+    if (rng.block_noised(b)) src = Cr + nearest_centroid<opmath_t>(src, Cr, K, block_size) * block_size;
+    for (int64_t d = 0; d < block_size; ++d) out[b * block_size + d] = src[d];
+  }
+}
+
+constexpr int64_t kCentroidMaxSmemC = 32 * 1024;  // codebook bytes staged in shared memory
+
+template <typename scalar_t, typename opmath_t>
+void launch_block_noise_centroid(const scalar_t* in, scalar_t* out, int64_t n_blocks, int64_t block_size,
+                                 const scalar_t* C, int64_t K, BlockRng rng, const int64_t* seed_on_device,
+                                 cudaStream_t stream) {
+  constexpr int threads = 256;
+  const int64_t c_bytes = K * block_size * static_cast<int64_t>(sizeof(scalar_t));
+  const bool use_smem_c = c_bytes <= kCentroidMaxSmemC;
+  const int64_t blocks = std::min<int64_t>((n_blocks + threads - 1) / threads, int64_t{1} << 20);
+  QN_LAUNCH_KERNEL(blocks, threads, use_smem_c ? static_cast<size_t>(c_bytes) : 0, stream,
+                   block_noise_centroid_kernel<scalar_t, opmath_t>)
+  (in, out, n_blocks, block_size, C, K, use_smem_c, rng, seed_on_device);
 }
 
 }  // namespace quantnoise

@@ -37,6 +37,11 @@ void check_noisy_linear_args(const at::Tensor& input, const at::Tensor& weight, 
 void check_noisy_linear_backward_args(const at::Tensor& grad_output, const at::Tensor& weight, const at::Tensor& seed,
                                       double p, int64_t block_size, bool rescale);
 
+// block_noise's codebook: for noise='centroid', centroids [K, block_size] (K > 0) with weight's
+// dtype and device; any other noise kind takes no centroids.
+void check_block_noise_centroids(const at::Tensor& weight, int64_t block_size, std::string_view noise,
+                                 const std::optional<at::Tensor>& centroids);
+
 // PQ ops (DESIGN §3.3). codes: uint8 or int32, 2-D, [out, n_blocks] or (transposed) [n_blocks,
 // out]; centroids [K, block_size] float, or int8 with centroid_scale (and optional zero point)
 // holding 1 or K values. Every code must be < K (scanned unless uint8 with K >= 256).

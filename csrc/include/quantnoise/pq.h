@@ -42,3 +42,50 @@ QN_INLINE float fake_quant_affine(float v, const AffineGrid& g) {
 }
 
 }  // namespace quantnoise
+
+namespace quantnoise {
+
+// Code of block (o, j): codes[o * so + j * sj] (so, sj = n_blocks, 1 interchange; 1, out transposed).
+template <typename code_t>
+QN_INLINE int64_t pq_code_at(const code_t* codes, int64_t o, int64_t j, int64_t so, int64_t sj) {
+  return static_cast<int64_t>(codes[o * so + j * sj]);
+}
+
+// a * b rounded once, never contracted into an FMA by nvcc: squared distances must come out
+// bit-identical on the CPU, the GPU and in the reference (ties and near-ties pick the same index).
+QN_INLINE float qn_mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+QN_INLINE double qn_mul_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+// Index of the centroid of C [K][bs] nearest to `block` [bs] in squared L2, summed in opmath_t
+// in order d = 0, 1, ...; ties go to the lowest index (strict <), as kmeans_assign.
+template <typename opmath_t, typename scalar_t>
+QN_INLINE int64_t nearest_centroid(const scalar_t* block, const scalar_t* C, int64_t K, int64_t bs) {
+  int64_t best = 0;
+  opmath_t best_d = opmath_t(0);
+  for (int64_t k = 0; k < K; ++k) {
+    opmath_t d2 = opmath_t(0);
+    for (int64_t d = 0; d < bs; ++d) {
+      const opmath_t diff = static_cast<opmath_t>(block[d]) - static_cast<opmath_t>(C[k * bs + d]);
+      d2 = d2 + qn_mul_rn(diff, diff);
+    }
+    if (k == 0 || d2 < best_d) {
+      best = k;
+      best_d = d2;
+    }
+  }
+  return best;
+}
+
+}  // namespace quantnoise

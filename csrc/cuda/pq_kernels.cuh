@@ -1,0 +1,249 @@
+// CUDA kernel bodies of quantnoise::pq_decode, pq_linear and pq_embedding (DESIGN §3.3). No ATen
+// here: the emulation harness (csrc/emu/) compiles this file with g++ and runs it on CPU threads.
+//
+// Every kernel reads float centroids C [K][bs] (int8 ones are dequantized by the launcher, a
+// K x bs tensor). pq_linear computes in float32 on float32 activations (the launcher converts
+// fp16/bf16 once; the CPU op does the same), so both devices and both paths agree to rounding.
+//  * gemv (small batches): the codebook (when it fits, else read through L1) and a tile of up
+//    to kGemvRows activation rows live in shared memory; each warp owns output rows, its lanes
+//    walk the input elements (coalesced x and codes), decode each weight once and use it for
+//    every staged activation row; a shuffle reduction finishes each output. On the GPU a
+//    per-row lookup table (the CPU's LUT path) does not pay: it costs K*bs FMAs per input block
+//    per thread block, more than the kGemvOutPerBlock outputs it would serve.
+//  * tile (large batches): a plain 64x64x16 shared-memory GEMM whose weight tiles are decoded
+//    from the codes straight into shared memory, 4x4 outputs per thread. The dense W never
+//    exists in global memory. (A tensor-core variant would sit behind an __CUDA_ARCH__ guard.)
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "quantnoise/cuda_compat.h"
+#include "quantnoise/pq.h"
+
+namespace quantnoise {
+
+// ---------------------------------------------------------------------------------------------
+// pq_decode: W[o][j*bs + d] = C[code(o, j)][d], one thread per element, grid-stride.
+template <typename scalar_t, typename code_t>
+__global__ void pq_decode_kernel(const code_t* __restrict__ codes, int64_t so, int64_t sj,
+                                 const scalar_t* __restrict__ C, int64_t bs, int64_t n_blocks, int64_t numel,
+                                 scalar_t* __restrict__ W) {
+  const int64_t row = n_blocks * bs;
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
+    const int64_t o = i / row, e = i - o * row, j = e / bs, d = e - j * bs;
+    W[i] = C[pq_code_at(codes, o, j, so, sj) * bs + d];
+  }
+}
+
+template <typename scalar_t, typename code_t>
+void launch_pq_decode(const code_t* codes, int64_t so, int64_t sj, const scalar_t* C, int64_t bs, int64_t n_blocks,
+                      int64_t numel, scalar_t* W, cudaStream_t stream) {
+  constexpr int threads = 256;
+  const int64_t blocks = std::min<int64_t>((numel + threads - 1) / threads, int64_t{1} << 20);
+  QN_LAUNCH_KERNEL(blocks, threads, 0, stream, pq_decode_kernel<scalar_t, code_t>)
+  (codes, so, sj, C, bs, n_blocks, numel, W);
+}
+
+// ---------------------------------------------------------------------------------------------
+// pq_embedding: out[n][j*bs + d] = C[codes[indices[n]][j]][d] (interchange codes), per element.
+template <typename scalar_t, typename code_t, typename index_t>
+__global__ void pq_embedding_kernel(const index_t* __restrict__ indices, const code_t* __restrict__ codes,
+                                    const scalar_t* __restrict__ C, int64_t bs, int64_t n_blocks, int64_t numel,
+                                    scalar_t* __restrict__ out) {
+  const int64_t dim = n_blocks * bs;
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
+    const int64_t n = i / dim, e = i - n * dim, j = e / bs, d = e - j * bs;
+    const int64_t row = static_cast<int64_t>(indices[n]);
+    out[i] = C[pq_code_at(codes, row, j, n_blocks, int64_t{1}) * bs + d];
+  }
+}
+
+template <typename scalar_t, typename code_t, typename index_t>
+void launch_pq_embedding(const index_t* indices, const code_t* codes, const scalar_t* C, int64_t bs, int64_t n_blocks,
+                         int64_t numel, scalar_t* out, cudaStream_t stream) {
+  constexpr int threads = 256;
+  const int64_t blocks = std::min<int64_t>((numel + threads - 1) / threads, int64_t{1} << 20);
+  QN_LAUNCH_KERNEL(blocks, threads, 0, stream, pq_embedding_kernel<scalar_t, code_t, index_t>)
+  (indices, codes, C, bs, n_blocks, numel, out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activation fake-quant (pq_linear act_bits > 0): xq = fq(x) with the grid of [lo[r], hi[r]]
+// (per_token) or [lo[0], hi[0]]; the same float ops as the CPU kernel (pq.h).
+template <typename T>  // T = float (a template so the header defines it once per program)
+__global__ void pq_act_fake_quant_kernel(const T* __restrict__ x, const T* __restrict__ lo, const T* __restrict__ hi,
+                                         int64_t in, int64_t numel, int bits, bool per_token, T* __restrict__ xq) {
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
+    const int64_t r = per_token ? i / in : 0;
+    xq[i] = fake_quant_affine(x[i], make_affine_grid(lo[r], hi[r], bits));
+  }
+}
+
+inline void launch_pq_act_fake_quant(const float* x, const float* lo, const float* hi, int64_t in, int64_t numel,
+                                     int bits, bool per_token, float* xq, cudaStream_t stream) {
+  constexpr int threads = 256;
+  const int64_t blocks = std::min<int64_t>((numel + threads - 1) / threads, int64_t{1} << 20);
+  QN_LAUNCH_KERNEL(blocks, threads, 0, stream, pq_act_fake_quant_kernel<float>)(x, lo, hi, in, numel, bits, per_token,
+                                                                                xq);
+}
+
+// ---------------------------------------------------------------------------------------------
+// pq_linear, small batches. Block: kGemvWarps warps; warp w owns outputs o0 + w*kGemvOutPerWarp
+// + [0, kGemvOutPerWarp). Rows are processed kGemvRows at a time (grid-stride over row chunks in
+// grid.y), the input in tiles of kGemvInTile elements staged in shared memory.
+// Dynamic shared memory: [kGemvRows][kGemvInTile] floats of x, then the codebook if use_smem_c.
+constexpr int kGemvWarps = 8;
+constexpr int kGemvOutPerWarp = 4;
+constexpr int kGemvOutPerBlock = kGemvWarps * kGemvOutPerWarp;
+constexpr int kGemvRows = 4;
+constexpr int kGemvInTile = 1024;
+constexpr int64_t kGemvMaxSmemC = 32 * 1024;  // codebook bytes kept in shared memory (48 KiB total)
+
+template <typename code_t>
+__global__ void pq_linear_gemv_kernel(const float* __restrict__ x, const code_t* __restrict__ codes, int64_t so,
+                                      int64_t sj, const float* __restrict__ C, const float* __restrict__ bias,
+                                      int64_t M, int64_t out, int64_t n_blocks, int64_t K, int64_t bs, bool use_smem_c,
+                                      float* __restrict__ y) {
+  QN_DYNAMIC_SHARED(float, smem);
+  float* xs = smem;                            // [kGemvRows][kGemvInTile]
+  float* cs = smem + kGemvRows * kGemvInTile;  // [K][bs] when use_smem_c
+  const int64_t in = n_blocks * bs;
+  const int tid = static_cast<int>(threadIdx.x), lane = tid % 32, warp = tid / 32;
+  if (use_smem_c) {
+    for (int64_t e = tid; e < K * bs; e += blockDim.x) cs[e] = C[e];
+    // made visible by the first __syncthreads of the tile loop below
+  }
+  const float* Cr = use_smem_c ? cs : C;
+  const int64_t o_first = static_cast<int64_t>(blockIdx.x) * kGemvOutPerBlock + warp * kGemvOutPerWarp;
+  const int64_t n_chunks = (M + kGemvRows - 1) / kGemvRows;
+  for (int64_t chunk = blockIdx.y; chunk < n_chunks; chunk += gridDim.y) {
+    const int64_t r0 = chunk * kGemvRows;
+    const int rn = static_cast<int>(std::min<int64_t>(kGemvRows, M - r0));
+    float acc[kGemvOutPerWarp][kGemvRows];
+    for (int a = 0; a < kGemvOutPerWarp; ++a)
+      for (int r = 0; r < kGemvRows; ++r) acc[a][r] = 0.f;
+    for (int64_t i0 = 0; i0 < in; i0 += kGemvInTile) {
+      const int tn = static_cast<int>(std::min<int64_t>(kGemvInTile, in - i0));
+      __syncthreads();  // the previous tile is consumed (and the codebook is loaded)
+      for (int e = tid; e < kGemvRows * kGemvInTile; e += blockDim.x) {
+        const int r = e / kGemvInTile, i = e - r * kGemvInTile;
+        xs[e] = (r < rn && i < tn) ? x[(r0 + r) * in + i0 + i] : 0.f;
+      }
+      __syncthreads();
+      for (int a = 0; a < kGemvOutPerWarp; ++a) {
+        const int64_t o = o_first + a;
+        if (o >= out) break;  // uniform across the warp
+        for (int i = lane; i < tn; i += 32) {
+          const int64_t g = i0 + i, j = g / bs, d = g - j * bs;
+          const float w = Cr[pq_code_at(codes, o, j, so, sj) * bs + d];
+          for (int r = 0; r < kGemvRows; ++r) acc[a][r] += w * xs[r * kGemvInTile + i];
+        }
+      }
+    }
+    for (int a = 0; a < kGemvOutPerWarp; ++a) {
+      const int64_t o = o_first + a;
+      if (o >= out) break;
+      for (int r = 0; r < kGemvRows; ++r) {
+        float v = acc[a][r];
+        for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
+        if (lane == 0 && r < rn) y[(r0 + r) * out + o] = bias != nullptr ? v + bias[o] : v;
+      }
+    }
+  }
+}
+
+inline int64_t pq_gemv_smem_bytes(int64_t K, int64_t bs) {
+  const int64_t c_bytes = K * bs * static_cast<int64_t>(sizeof(float));
+  return static_cast<int64_t>(kGemvRows) * kGemvInTile * sizeof(float) + (c_bytes <= kGemvMaxSmemC ? c_bytes : 0);
+}
+
+template <typename code_t>
+void launch_pq_linear_gemv(const float* x, const code_t* codes, int64_t so, int64_t sj, const float* C,
+                           const float* bias, int64_t M, int64_t out, int64_t n_blocks, int64_t K, int64_t bs, float* y,
+                           cudaStream_t stream) {
+  const bool use_smem_c = K * bs * static_cast<int64_t>(sizeof(float)) <= kGemvMaxSmemC;
+  const dim3 grid(static_cast<unsigned>((out + kGemvOutPerBlock - 1) / kGemvOutPerBlock),
+                  static_cast<unsigned>(std::min<int64_t>((M + kGemvRows - 1) / kGemvRows, 65535)));
+  QN_LAUNCH_KERNEL(grid, kGemvWarps * 32, static_cast<size_t>(pq_gemv_smem_bytes(K, bs)), stream,
+                   pq_linear_gemv_kernel<code_t>)
+  (x, codes, so, sj, C, bias, M, out, n_blocks, K, bs, use_smem_c, y);
+}
+
+// ---------------------------------------------------------------------------------------------
+// pq_linear, large batches: y[M][out] = x[M][in] . W^T (+ bias), W decoded tile by tile into
+// shared memory. Block (16 x 16 threads) computes a 64 x 64 tile of y; thread (tx, ty) owns
+// rows ty + 16a and outputs tx + 16b (a, b < 4), so shared reads are conflict-free broadcasts.
+constexpr int kTileM = 64, kTileN = 64, kTileK = 16, kTileThreads = 256;
+
+template <typename code_t>
+__global__ void pq_linear_tile_kernel(const float* __restrict__ x, const code_t* __restrict__ codes, int64_t so,
+                                      int64_t sj, const float* __restrict__ C, const float* __restrict__ bias,
+                                      int64_t M, int64_t out, int64_t n_blocks, int64_t bs, float* __restrict__ y) {
+  __shared__ float xs[kTileK][kTileM];  // x tile, transposed
+  __shared__ float ws[kTileK][kTileN];  // W^T tile, decoded from the codes
+  const int64_t in = n_blocks * bs;
+  const int tid = static_cast<int>(threadIdx.x), tx = tid % 16, ty = tid / 16;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kTileN;
+  const int64_t m_tiles = (M + kTileM - 1) / kTileM;
+  for (int64_t mt = blockIdx.y; mt < m_tiles; mt += gridDim.y) {
+    const int64_t m0 = mt * kTileM;
+    float acc[4][4];
+    for (int a = 0; a < 4; ++a)
+      for (int b = 0; b < 4; ++b) acc[a][b] = 0.f;
+    for (int64_t k0 = 0; k0 < in; k0 += kTileK) {
+      __syncthreads();  // the previous tiles are consumed
+      for (int e = tid; e < kTileM * kTileK; e += kTileThreads) {
+        const int mm = e / kTileK, kk = e - mm * kTileK;
+        const int64_t m = m0 + mm, k = k0 + kk;
+        xs[kk][mm] = (m < M && k < in) ? x[m * in + k] : 0.f;
+      }
+      for (int e = tid; e < kTileN * kTileK; e += kTileThreads) {
+        const int nn = e / kTileK, kk = e - nn * kTileK;
+        const int64_t o = n0 + nn, k = k0 + kk;
+        float w = 0.f;
+        if (o < out && k < in) {
+          const int64_t j = k / bs;
+          w = C[pq_code_at(codes, o, j, so, sj) * bs + (k - j * bs)];
+        }
+        ws[kk][nn] = w;
+      }
+      __syncthreads();
+      for (int kk = 0; kk < kTileK; ++kk) {
+        float xv[4], wv[4];
+        for (int a = 0; a < 4; ++a) xv[a] = xs[kk][ty + 16 * a];
+        for (int b = 0; b < 4; ++b) wv[b] = ws[kk][tx + 16 * b];
+        for (int a = 0; a < 4; ++a)
+          for (int b = 0; b < 4; ++b) acc[a][b] += xv[a] * wv[b];
+      }
+    }
+    for (int a = 0; a < 4; ++a) {
+      const int64_t m = m0 + ty + 16 * a;
+      if (m >= M) continue;
+      for (int b = 0; b < 4; ++b) {
+        const int64_t o = n0 + tx + 16 * b;
+        if (o < out) y[m * out + o] = bias != nullptr ? acc[a][b] + bias[o] : acc[a][b];
+      }
+    }
+  }
+}
+
+template <typename code_t>
+void launch_pq_linear_tile(const float* x, const code_t* codes, int64_t so, int64_t sj, const float* C,
+                           const float* bias, int64_t M, int64_t out, int64_t n_blocks, int64_t bs, float* y,
+                           cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((out + kTileN - 1) / kTileN),
+                  static_cast<unsigned>(std::min<int64_t>((M + kTileM - 1) / kTileM, 65535)));
+  QN_LAUNCH_KERNEL(grid, kTileThreads, 0, stream, pq_linear_tile_kernel<code_t>)
+  (x, codes, so, sj, C, bias, M, out, n_blocks, bs, y);
+}
+
+// 'auto' on the GPU: the gemv kernel while a weight decoded once serves few rows (memory bound),
+// the tiled GEMM once a 64-row tile is mostly full.
+constexpr int64_t kGemvMaxRows = 16;
+inline bool pq_cuda_use_gemv(int64_t M) { return M <= kGemvMaxRows; }
+
+}  // namespace quantnoise
