@@ -43,8 +43,11 @@ demo: build
 bench: demo
 
 # Optional peers the benchmarks compare against when installed (never test dependencies).
+# Optional peers for the benchmarks (never test dependencies): faiss-cpu for k-means, AQLM's CPU
+# kernel (with --no-deps: it pins transformers/accelerate it does not need here).
 bench-extras: setup
 	$(PY) -m pip install -q faiss-cpu
+	$(PY) -m pip install -q --no-deps aqlm numba llvmlite scipy
 
 lint: setup
 	$(PY) -m ruff check .
@@ -61,6 +64,3 @@ clean:
 
 # Optional benchmark baselines (never test dependencies). --no-deps: aqlm's own requirements
 # would replace the pinned torch; numba needs only llvmlite and numpy (already there).
-.PHONY: bench-extras
-bench-extras: setup
-	$(PY) -m pip install -q --no-deps aqlm numba llvmlite scipy
