@@ -42,14 +42,12 @@ at::Tensor block_noise_cuda(const at::Tensor& weight,  // [out, ...] float
     return out;
   }
   const double scale = rescale ? 1.0 / (1.0 - p) : 1.0;
-  constexpr int threads = 256;
-  const int64_t blocks = std::min<int64_t>((w.numel() + threads - 1) / threads, int64_t{1} << 20);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "block_noise_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    block_noise_drop_kernel<scalar_t, opmath_t>
-        <<<blocks, threads, 0, stream>>>(w.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), w.numel(),
-                                         block_size, rng, seed_ptr, static_cast<opmath_t>(scale));
+    launch_block_noise_drop<scalar_t, opmath_t>(w.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+                                                w.numel(), block_size, rng, seed_ptr, static_cast<opmath_t>(scale),
+                                                stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;

@@ -72,4 +72,15 @@ void launch_block_noise_centroid(const scalar_t* in, scalar_t* out, int64_t n_bl
   (in, out, n_blocks, block_size, C, K, use_smem_c, rng, seed_on_device);
 }
 
+// Launch configuration, shared by the CUDA launcher (block_noise.cu) and the emulated one
+// (csrc/emu/block_noise_emu.cpp): both run exactly this grid.
+template <typename scalar_t, typename opmath_t>
+void launch_block_noise_drop(const scalar_t* in, scalar_t* out, int64_t numel, int64_t block_size, BlockRng rng,
+                             const int64_t* seed_on_device, opmath_t scale, cudaStream_t stream) {
+  constexpr int threads = 256;
+  const int64_t blocks = std::min<int64_t>((numel + threads - 1) / threads, int64_t{1} << 20);
+  QN_LAUNCH_KERNEL(blocks, threads, 0, stream, block_noise_drop_kernel<scalar_t, opmath_t>)
+  (in, out, numel, block_size, rng, seed_on_device, scale);
+}
+
 }  // namespace quantnoise

@@ -1,0 +1,42 @@
+// Emulated CUDA launcher of quantnoise::block_noise: block_noise.cu without the device guard
+// and stream, running block_noise_kernels.cuh through the harness on CPU tensors.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+
+#include "emu_registry.h"
+#include "quantnoise/checks.h"
+// The harness comes after ATen and before the kernel body.
+#include "cuda_emu.h"
+//
+#include "../cuda/block_noise_kernels.cuh"
+
+namespace quantnoise {
+namespace {
+
+at::Tensor block_noise_emu(const at::Tensor& weight, const at::Tensor& seed, double p, int64_t block_size,
+                           int64_t offset, bool rescale, bool straight_through, c10::string_view noise) {
+  (void)straight_through;
+  check_block_noise_args(weight, seed, p, block_size, rescale, noise);
+  const at::Tensor w = weight.contiguous();
+  at::Tensor out = at::empty_like(w, at::MemoryFormat::Contiguous);
+  if (w.numel() == 0) return out;
+  // The seed "on the device" path of the CUDA launcher: the kernel reads it from memory.
+  const at::Tensor seed_mem = seed.contiguous();
+  const BlockRng rng = make_block_rng(0, offset, p);
+  const double scale = rescale ? 1.0 / (1.0 - p) : 1.0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "block_noise_emu", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    launch_block_noise_drop<scalar_t, opmath_t>(w.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+                                                w.numel(), block_size, rng, seed_mem.const_data_ptr<int64_t>(),
+                                                static_cast<opmath_t>(scale), nullptr);
+  });
+  return out;
+}
+
+}  // namespace
+
+QN_EMU_LIBRARY_IMPL(m) { m.impl("block_noise", &block_noise_emu); }
+
+}  // namespace quantnoise
