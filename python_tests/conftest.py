@@ -1,4 +1,4 @@
-"""Shared test set-up: fresh seeds per test, the device list, the cuda marker."""
+"""Shared test set-up: fresh seeds per test, the device list, the cuda and cuda_emu markers."""
 
 from __future__ import annotations
 
@@ -18,10 +18,22 @@ def _seed_everything():
     np.random.seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _cuda_emulation(request):
+    """Tests on the ``cuda-emu`` device run the ops through their emulated CUDA kernels."""
+    if request.node.get_closest_marker("cuda_emu") is None:
+        yield
+        return
+    from emu import cuda_emulation
+
+    with cuda_emulation():
+        yield
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU; none visible")
     for item in items:
-        if "cuda" in item.keywords:
+        if item.get_closest_marker("cuda") is not None:
             item.add_marker(skip)

@@ -1,6 +1,12 @@
-"""The devices every op test runs on: the CPU always, and CUDA (skipped without a GPU).
+"""The devices every op test runs on: the CPU, the emulated CUDA kernels, and CUDA.
 
-``QUANTNOISE_TEST_DEVICE=cpu`` (comma-separated) restricts the list.
+* ``cpu``: the CPU kernels.
+* ``cuda-emu``: the CUDA kernels (csrc/cuda/*_kernels.cuh) run on CPU threads by the emulation
+  harness (csrc/emu/). The test receives ``"cpu"`` as its device; the ``cuda_emu`` marker makes
+  conftest route every op that has an emulated kernel to it for the test's duration.
+* ``cuda``: a real GPU (marked ``cuda``; skipped without one).
+
+``QUANTNOISE_TEST_DEVICE=cpu,cuda`` (comma-separated) restricts the list.
 """
 
 from __future__ import annotations
@@ -9,11 +15,19 @@ import os
 
 import pytest
 
-ALL_DEVICES = ["cpu", "cuda"]
+ALL_DEVICES = ["cpu", "cuda-emu", "cuda"]
 
 
 def device_params() -> list:
-    """``pytest.param`` per device; CUDA ones carry the ``cuda`` marker (conftest skips them without a GPU)."""
+    """``pytest.param`` per device, with the ``cuda`` / ``cuda_emu`` markers."""
     env = os.environ.get("QUANTNOISE_TEST_DEVICE")
     devices = env.split(",") if env else ALL_DEVICES
-    return [pytest.param(d, marks=pytest.mark.cuda) if d.startswith("cuda") else d for d in devices]
+    params = []
+    for d in devices:
+        if d == "cuda-emu":
+            params.append(pytest.param("cpu", id="cuda-emu", marks=pytest.mark.cuda_emu))
+        elif d.startswith("cuda"):
+            params.append(pytest.param(d, marks=pytest.mark.cuda))
+        else:
+            params.append(d)
+    return params

@@ -33,7 +33,7 @@ def sanitized() -> bool:
     return os.environ.get("QUANTNOISE_SANITIZE", "0") == "1"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load() -> None:
     """Build (incrementally, ninja) and load the emulation extension into this process."""
     sanitize = sanitized()

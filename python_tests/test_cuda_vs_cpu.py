@@ -1,0 +1,59 @@
+"""Every CUDA op against the CPU op on the same inputs: on a real GPU (``cuda``, skipped without
+one) and through the emulated CUDA kernels (``cuda-emu``). Add a case for every new op."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from emu import cuda_emulation, ops_with_cuda_kernels
+
+from quantnoise_kernels import ops
+
+
+def _block_noise_cases(device: str) -> list[tuple[str, Callable[[str], object]]]:
+    cases = []
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        w = torch.randn(129, 72, dtype=dtype)
+        seed = int(torch.randint(0, 2**62, ()))
+        cases.append((f"{dtype} host seed", lambda d, w=w, s=seed: ops.block_noise(w.to(d), 0.3, 8, s, offset=3)))
+        seed_t = torch.tensor(seed)
+        cases.append(
+            (f"{dtype} device seed", lambda d, w=w, s=seed_t: ops.block_noise(w.to(d), 0.3, 8, s.to(d), offset=3))
+        )
+    w = torch.randn(40, 16, 3, 3)
+    cases.append(("conv 3x3, no rescale", lambda d: ops.block_noise(w.to(d), 0.5, 9, 77, rescale=False)))
+    return cases
+
+
+# op name -> cases; each case maps a device to the op's output(s) on inputs built once on the CPU.
+CASES: dict[str, Callable[[str], list[tuple[str, Callable[[str], object]]]]] = {
+    "block_noise": _block_noise_cases,
+}
+# How close each op must be: block noise is bit-identical; reductions may differ in summation order.
+TOLERANCE: dict[str, dict] = {"block_noise": {"rtol": 0, "atol": 0}}
+
+
+def test_every_cuda_op_has_a_case():
+    assert not sorted(set(ops_with_cuda_kernels()) - set(CASES)), "add the op to CASES"
+
+
+def _to_cpu(out):
+    if isinstance(out, (tuple, list)):
+        return type(out)(_to_cpu(o) for o in out)
+    return out.cpu()
+
+
+@pytest.mark.parametrize("target", [pytest.param("cuda-emu"), pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("op", sorted(CASES))
+def test_cuda_op_matches_cpu_op(target, op):
+    for name, run in CASES[op]("cpu"):
+        expected = run("cpu")
+        if target == "cuda":
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(f"quantnoise::{op}", "CUDA")
+            got = _to_cpu(run("cuda"))
+        else:
+            with cuda_emulation():
+                got = run("cpu")
+        torch.testing.assert_close(got, expected, **TOLERANCE.get(op, {}), msg=lambda m, n=name: f"{op} {n}: {m}")
