@@ -27,9 +27,22 @@ def _block_noise_cases(device: str) -> list[tuple[str, Callable[[str], object]]]
     return cases
 
 
+def _noisy_linear_cases(device: str) -> list[tuple[str, Callable[[str], object]]]:
+    x, w, b = torch.randn(5, 7, 64), torch.randn(48, 64), torch.randn(48)
+    return [("forward", lambda d: ops.noisy_linear(x.to(d), w.to(d), b.to(d), 0.25, 8, 41, offset=1))]
+
+
+def _noisy_linear_backward_input_cases(device: str) -> list[tuple[str, Callable[[str], object]]]:
+    g, w = torch.randn(5, 7, 48), torch.randn(48, 64)
+    op = torch.ops.quantnoise.noisy_linear_backward_input
+    return [("grad input", lambda d: op(g.to(d), w.to(d), torch.tensor(41), 0.25, 8, 1, True))]
+
+
 # op name -> cases; each case maps a device to the op's output(s) on inputs built once on the CPU.
 CASES: dict[str, Callable[[str], list[tuple[str, Callable[[str], object]]]]] = {
     "block_noise": _block_noise_cases,
+    "noisy_linear": _noisy_linear_cases,
+    "noisy_linear_backward_input": _noisy_linear_backward_input_cases,
 }
 # How close each op must be: block noise is bit-identical; reductions may differ in summation order.
 TOLERANCE: dict[str, dict] = {"block_noise": {"rtol": 0, "atol": 0}}

@@ -4,6 +4,8 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/matmul.h>
 
 #include "emu_registry.h"
 #include "quantnoise/checks.h"
@@ -35,8 +37,28 @@ at::Tensor block_noise_emu(const at::Tensor& weight, const at::Tensor& seed, dou
   return out;
 }
 
+// noisy_linear's CUDA launchers compose block_noise_cuda with cuBLAS; here with ATen on the CPU.
+at::Tensor noisy_linear_emu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                            const at::Tensor& seed, double p, int64_t block_size, int64_t offset, bool rescale,
+                            bool straight_through) {
+  check_noisy_linear_args(input, weight, bias, seed, p, block_size, rescale);
+  return at::linear(input, block_noise_emu(weight, seed, p, block_size, offset, rescale, straight_through, "drop"),
+                    bias);
+}
+
+at::Tensor noisy_linear_backward_input_emu(const at::Tensor& grad_output, const at::Tensor& weight,
+                                           const at::Tensor& seed, double p, int64_t block_size, int64_t offset,
+                                           bool rescale) {
+  check_noisy_linear_backward_args(grad_output, weight, seed, p, block_size, rescale);
+  return at::matmul(grad_output, block_noise_emu(weight, seed, p, block_size, offset, rescale, true, "drop"));
+}
+
 }  // namespace
 
-QN_EMU_LIBRARY_IMPL(m) { m.impl("block_noise", &block_noise_emu); }
+QN_EMU_LIBRARY_IMPL(m) {
+  m.impl("block_noise", &block_noise_emu);
+  m.impl("noisy_linear", &noisy_linear_emu);
+  m.impl("noisy_linear_backward_input", &noisy_linear_backward_input_emu);
+}
 
 }  // namespace quantnoise

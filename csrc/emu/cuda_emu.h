@@ -2,10 +2,12 @@
 // csrc/cuda/*_kernels.cuh bodies and run them on CPU threads, so every CUDA kernel is compared
 // with the CPU kernel and the reference in CI, also under AddressSanitizer.
 //
-// Model. A launch runs the grid block after block. Each CUDA thread of a block is one
-// std::thread (the same threads serve every block of the launch). The threads of a block run
-// ONE AT A TIME: a thread runs until it reaches a synchronisation point (__syncthreads, a warp
-// collective, or the end of the kernel), then a scheduler picks the next thread. The order is a
+// Model. A launch runs the grid block after block. The CUDA threads of a block run ONE AT A
+// TIME: a thread runs until it reaches a synchronisation point (__syncthreads, a warp
+// collective, or the end of the kernel), then a scheduler picks the next thread. Each CUDA
+// thread runs on a std::thread of a per-launch pool and keeps it while blocked, so a block uses
+// up to one std::thread per CUDA thread; a thread that has not started yet runs on whichever
+// std::thread is free, so barrier-free kernels run without context switches. The order is a
 // policy: forward (thread 0 first), reverse, or seeded random (the default), so kernels that
 // miss a __syncthreads give wrong results under some order, reproducibly. Because only the
 // scheduler moves threads, a barrier that part of a block can never complete is detected exactly
@@ -110,16 +112,16 @@ inline std::atomic<int64_t>& launch_count() {
 // a kernel's own catch clauses do not swallow it).
 struct Abort {};
 
-enum class State : uint8_t { kReady, kRunning, kBlockBarrier, kWarpOp, kExited };
+enum class State : uint8_t { kNotStarted, kReady, kRunning, kBlockBarrier, kWarpOp, kExited };
 enum class WarpOp : uint8_t { kSync, kShflIdx, kShflUp, kShflDown, kShflXor, kBallot };
 
 constexpr size_t kSlotBytes = 16;
 
+// One CUDA thread of the current block.
 struct Thread {
-  std::binary_semaphore token{0};
-  State state = State::kReady;
-  bool started = false;
-  int pred = 0;  // __syncthreads_count/and/or and votes
+  State state = State::kNotStarted;
+  int worker = -1;  // the OS thread it is bound to once started (it keeps its stack until it exits)
+  int pred = 0;     // __syncthreads_count/and/or and votes
   // Per-warp exchange slot: what this lane brought to a warp collective, and what it takes away.
   WarpOp op = WarpOp::kSync;
   unsigned mask = 0;
@@ -128,6 +130,15 @@ struct Thread {
   alignas(16) unsigned char result[kSlotBytes] = {};
   unsigned ballot = 0;
   int block_count = 0;  // result of __syncthreads_count
+};
+
+// An OS thread (std::thread) that runs CUDA threads. A CUDA thread that has not started yet can
+// run on any free worker, so a kernel without barriers runs its whole grid on one worker with no
+// context switch; a CUDA thread that blocks (barrier, warp collective) keeps its worker, and the
+// next one starts on another. So a block needs at most one worker per CUDA thread.
+struct Worker {
+  std::binary_semaphore token{0};
+  int assigned = -1;  // CUDA thread to start when woken while idle
 };
 
 class GridRun;
@@ -149,17 +160,15 @@ class GridRun {
 
   void run() {
     if (n_blocks_ == 0) return;
-    threads_.reserve(n_);
     for (int t = 0; t < n_; ++t) threads_.push_back(std::make_unique<Thread>());
-    std::vector<std::thread> workers;
-    workers.reserve(n_);
-    for (int t = 0; t < n_; ++t) workers.emplace_back([this, t] { worker(t); });
     start_block();
-    dispatch();  // hands the token to the first CUDA thread
+    const int first = pick();
+    threads_[first]->state = State::kRunning;
+    hand_to_idle_worker(first);
     finished_.acquire();
     shutdown_ = true;
-    for (auto& th : threads_) th->token.release();
-    for (auto& w : workers) w.join();
+    for (auto& w : workers_) w->token.release();
+    for (auto& th : os_threads_) th.join();
     if (!error_.empty()) throw std::runtime_error(error_);
   }
 
@@ -175,8 +184,10 @@ class GridRun {
 
   void warp_op(WarpOp op, unsigned mask, const void* value, size_t size, int arg, int width, void* result) {
     Thread& me = *threads_[tl_thread];
-    if (width <= 0 || width > warpSize || (width & (width - 1)) != 0)
+    if (width <= 0 || width > warpSize || (width & (width - 1)) != 0) {
       fail("warp collective: width must be a power of two in [1, 32], got " + std::to_string(width));
+      throw Abort{};
+    }
     me.op = op;
     me.mask = mask;
     me.arg = arg;
@@ -189,16 +200,13 @@ class GridRun {
   unsigned ballot_result() const { return threads_[tl_thread]->ballot; }
   void set_pred(int p) { threads_[tl_thread]->pred = p; }
 
-  [[noreturn]] void fail_and_abort(const std::string& what) {
-    fail(what);
-    throw Abort{};
-  }
-
  private:
   static std::string dims(dim3 d) {
     return "(" + std::to_string(d.x) + "," + std::to_string(d.y) + "," + std::to_string(d.z) + ")";
   }
-  uint3 thread_index(int t) const { return uint3{t % block_.x, (t / block_.x) % block_.y, t / (block_.x * block_.y)}; }
+  uint3 thread_index(int t) const {
+    return uint3{t % block_.x, (t / block_.x) % block_.y, t / (block_.x * block_.y)};
+  }
   std::string thread_name(int t) const {
     const uint3 i = thread_index(t);
     return "thread (" + std::to_string(i.x) + "," + std::to_string(i.y) + "," + std::to_string(i.z) + ")";
@@ -218,31 +226,54 @@ class GridRun {
     aborted_ = true;
   }
 
-  void worker(int t) {
+  // Everything below runs on the one OS thread that holds the token (the semaphores order it).
+
+  void hand_to_idle_worker(int t) {
+    int w = 0;
+    while (w < static_cast<int>(workers_.size()) && !idle_[w]) ++w;
+    if (w == static_cast<int>(workers_.size())) {
+      workers_.push_back(std::make_unique<Worker>());
+      idle_.push_back(true);
+      os_threads_.emplace_back([this, w] { worker_loop(w); });
+    }
+    idle_[w] = false;
+    workers_[w]->assigned = t;
+    threads_[t]->worker = w;
+    workers_[w]->token.release();
+  }
+
+  void worker_loop(int w) {
     tl_run = this;
-    tl_thread = t;
-    threadIdx = thread_index(t);
-    blockDim = block_;
-    gridDim = grid_;
-    Thread& me = *threads_[t];
+    Worker& me = *workers_[w];
     for (;;) {
       me.token.acquire();
       if (shutdown_) return;
-      blockIdx = cur_block_;
-      if (!aborted_) {
-        try {
-          body_();
-        } catch (const Abort&) {
-        } catch (const std::exception& e) {
-          fail(std::string("exception in ") + thread_name(t) + " of " + block_name() + ": " + e.what());
-        } catch (...) {
-          fail("unknown exception in " + thread_name(t) + " of " + block_name());
-        }
+      int t = me.assigned;
+      while (t >= 0) {  // run CUDA threads back to back while the scheduler hands us fresh ones
+        run_cuda_thread(t);
+        t = dispatch(w, /*caller_free=*/true);
       }
-      me.state = State::kExited;
-      ++exited_;
-      dispatch();
     }
+  }
+
+  void run_cuda_thread(int t) {
+    tl_thread = t;
+    threadIdx = thread_index(t);
+    blockIdx = cur_block_;
+    blockDim = block_;
+    gridDim = grid_;
+    if (!aborted_) {
+      try {
+        body_();
+      } catch (const Abort&) {
+      } catch (const std::exception& e) {
+        fail(std::string("exception in ") + thread_name(t) + " of " + block_name() + ": " + e.what());
+      } catch (...) {
+        fail("unknown exception in " + thread_name(t) + " of " + block_name());
+      }
+    }
+    threads_[t]->state = State::kExited;
+    ++exited_;
   }
 
   void wait(Thread& me, State s) {
@@ -250,8 +281,11 @@ class GridRun {
     me.state = s;
     if (s == State::kBlockBarrier) ++at_barrier_;
     complete_warp_op(tl_thread / warpSize);
-    dispatch();
-    me.token.acquire();
+    const int w = me.worker;
+    const int t = tl_thread;
+    dispatch(w, /*caller_free=*/false);
+    workers_[w]->token.acquire();  // until the scheduler resumes this CUDA thread
+    tl_thread = t;
     if (aborted_) throw Abort{};
   }
 
@@ -263,7 +297,10 @@ class GridRun {
     // with 0xff (NaN for floats, -1 for ints) so reading it before writing shows.
     smem_.reset(new unsigned char[smem_bytes_]);
     std::memset(smem_.get(), 0xff, smem_bytes_);
-    for (auto& th : threads_) th->state = State::kReady;
+    for (auto& th : threads_) {
+      th->state = State::kNotStarted;
+      th->worker = -1;
+    }
     exited_ = 0;
     at_barrier_ = 0;
   }
@@ -330,8 +367,10 @@ class GridRun {
       if (need >> l & 1u) threads_[base + l]->state = State::kReady;
   }
 
-  // Called by the thread holding the token once it stops running: pass the token on.
-  void dispatch() {
+  // Called by worker w once its CUDA thread stopped running (exited: caller_free, or blocked).
+  // Passes the token on. Returns a not-yet-started CUDA thread for the caller to run itself
+  // (caller_free only), or -1: the caller then waits on its semaphore.
+  int dispatch(int w, bool caller_free) {
     for (;;) {
       if (!aborted_ && at_barrier_ > 0 && at_barrier_ + exited_ == n_) {
         if (exited_ > 0) {
@@ -352,14 +391,25 @@ class GridRun {
       const int next = pick();
       if (next >= 0) {
         Thread& th = *threads_[next];
+        const bool fresh = th.state == State::kNotStarted;
         th.state = State::kRunning;
-        th.token.release();
-        return;
+        if (fresh && caller_free) {
+          th.worker = w;
+          return next;
+        }
+        if (caller_free) idle_[w] = true;
+        if (fresh) {
+          hand_to_idle_worker(next);
+        } else {
+          workers_[th.worker]->token.release();
+        }
+        return -1;
       }
       if (exited_ == n_) {  // block done
         if (aborted_ || ++block_linear_ == n_blocks_) {
+          if (caller_free) idle_[w] = true;
           finished_.release();
-          return;
+          return -1;
         }
         start_block();
         continue;
@@ -374,13 +424,15 @@ class GridRun {
 
   int pick() {
     int count = 0;
-    for (auto& th : threads_) count += th->state == State::kReady;
+    for (auto& th : threads_) count += th->state == State::kReady || th->state == State::kNotStarted;
     if (count == 0) return -1;
-    int k = 0;  // the k-th ready thread
+    int k = 0;  // the k-th runnable thread
     if (policy_ == Schedule::kReverse) k = count - 1;
     if (policy_ == Schedule::kRandom) k = static_cast<int>(rng_() % static_cast<uint64_t>(count));
-    for (int t = 0; t < n_; ++t)
-      if (threads_[t]->state == State::kReady && k-- == 0) return t;
+    for (int t = 0; t < n_; ++t) {
+      const State s = threads_[t]->state;
+      if ((s == State::kReady || s == State::kNotStarted) && k-- == 0) return t;
+    }
     return -1;
   }
 
@@ -407,6 +459,9 @@ class GridRun {
   uint64_t n_blocks_ = 0, block_linear_ = 0;
   uint3 cur_block_{0, 0, 0};
   std::vector<std::unique_ptr<Thread>> threads_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::vector<bool> idle_;
+  std::vector<std::thread> os_threads_;
   std::unique_ptr<unsigned char[]> smem_;
   int exited_ = 0, at_barrier_ = 0;
   bool aborted_ = false;
