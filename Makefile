@@ -10,7 +10,7 @@ PY := $(abspath $(VENV))/bin/python
 STAMP := $(VENV)/.deps-installed
 CMAKE_BUILD ?= build/cmake
 
-.PHONY: setup build test test-python test-cpp demo bench bench-extras lint format clean
+.PHONY: setup build test test-python test-cpp test-asan cuda-build gpu-check demo bench bench-extras lint format clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,22 @@ test-cpp: setup
 		-DPython_EXECUTABLE=$(PY) -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')" >/dev/null
 	cmake --build $(CMAKE_BUILD) -j $(MAX_JOBS)
 	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
+
+# CPU kernels and emulated CUDA kernels (csrc/emu/) built with -fsanitize=address,undefined, then
+# the test suite against that build. The build lives in $(ASAN_BUILD)/lib (package copy + _C), so
+# the in-place build is untouched. The uninstrumented python needs libasan preloaded, and
+# libstdc++ with it (else ASan cannot intercept __cxa_throw: "CHECK failed ... real___cxa_throw").
+ASAN_BUILD ?= build/asan
+ASAN_ENV = QUANTNOISE_SANITIZE=1 LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
+	ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+test-asan: setup
+	rm -rf $(ASAN_BUILD)/lib && mkdir -p $(ASAN_BUILD)/lib
+	tar -cf - --exclude='*.so' --exclude=__pycache__ quantnoise_kernels | tar -xf - -C $(ASAN_BUILD)/lib
+	QUANTNOISE_CUDA=0 QUANTNOISE_SANITIZE=1 MAX_JOBS=$(MAX_JOBS) $(PY) setup.py -q build_ext \
+		--build-lib $(ASAN_BUILD)/lib --build-temp $(ASAN_BUILD)/temp
+	cd $(ASAN_BUILD)/lib && $(ASAN_ENV) $(PY) -c 'import quantnoise_kernels as q; print("asan build:", q._C.__file__)'
+	cd $(ASAN_BUILD)/lib && $(ASAN_ENV) MAX_JOBS=$(MAX_JOBS) $(PY) -m pytest $(CURDIR)/python_tests -q \
+		-o pythonpath= -p no:cacheprovider -m "not slow"
 
 # The main job: every kernel against its baselines, printed as ratio tables.
 demo: build

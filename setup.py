@@ -7,6 +7,7 @@ Environment:
   TORCH_CUDA_ARCH_LIST  target architectures, e.g. "9.0" (required when no GPU is visible).
   MAX_JOBS            parallel compile jobs (torch's ninja build honours it).
   DEBUG=1             -O0 -g instead of -O3.
+  QUANTNOISE_SANITIZE=1  -fsanitize=address,undefined (make test-asan; load with libasan preloaded).
 """
 
 import glob
@@ -42,14 +43,19 @@ def extension() -> cpp_extension.CppExtension:
     opt = ["-O0", "-g"] if debug else ["-O3", "-g0", "-DNDEBUG"]
     sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")) + glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
     include_dirs = [os.path.join(CSRC, "include")]
+    # QUANTNOISE_SANITIZE=1: AddressSanitizer + UBSan build for `make test-asan` (never for wheels).
+    sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize=vptr"]
+    if os.environ.get("QUANTNOISE_SANITIZE", "0") == "1":
+        opt = ["-O1", "-g1"] + sanitize  # -g1: line numbers in reports, cheap to compile
     args = {"cxx": opt + ["-Wall", "-fopenmp"]}  # at::parallel_for is OpenMP in the header
+    link = ["-fopenmp"] + (sanitize if os.environ.get("QUANTNOISE_SANITIZE", "0") == "1" else [])
     if not want_cuda():
         return cpp_extension.CppExtension(
             "quantnoise_kernels._C",
             sources,
             include_dirs=include_dirs,
             extra_compile_args=args,
-            extra_link_args=["-fopenmp"],
+            extra_link_args=link,
             py_limited_api=True,
         )
     sources += sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
@@ -64,7 +70,7 @@ def extension() -> cpp_extension.CppExtension:
         sources,
         include_dirs=include_dirs,
         extra_compile_args=args,
-        extra_link_args=["-fopenmp"],
+        extra_link_args=link,
         py_limited_api=True,
     )
 

@@ -41,7 +41,7 @@ def load() -> None:
     build_dir = ROOT / "build" / name
     build_dir.mkdir(parents=True, exist_ok=True)
     sources = sorted(glob.glob(str(ROOT / "csrc" / "emu" / "*.cpp"))) + [str(ROOT / "csrc" / "checks.cpp")]
-    opt = ["-O1", "-g", *SANITIZE_FLAGS] if sanitize else ["-O2", "-g0"]
+    opt = ["-O1", "-g1", *SANITIZE_FLAGS] if sanitize else ["-O2", "-g0"]
     cpp_extension.load(
         name,
         sources,
