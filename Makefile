@@ -52,6 +52,46 @@ test-asan: setup
 	cd $(ASAN_BUILD)/lib && $(ASAN_ENV) MAX_JOBS=$(MAX_JOBS) $(PY) -m pytest $(CURDIR)/python_tests -q \
 		-o pythonpath= -p no:cacheprovider -m "not slow"
 
+# The real CUDA build, without a GPU: a separate venv with the CUDA build of torch, nvcc for one
+# architecture, then: import, every op has a CUDA kernel, and the test suite on that build (CPU
+# tests; `cuda` tests skip without a GPU). Out of tree ($(CUDA_BUILD)/lib), like test-asan.
+CUDA_VENV ?= .venv-cuda
+CUDA_TORCH ?= torch==2.14.1
+CUDA_ARCH ?= 9.0
+CUDA_HOME ?= /usr/local/cuda
+CUDA_BUILD ?= build/cuda
+CUDA_PY := $(abspath $(CUDA_VENV))/bin/python
+CUDA_STAMP := $(CUDA_VENV)/.deps-installed
+CUDA_ENV = CUDA_HOME=$(CUDA_HOME) QUANTNOISE_CUDA=1 MAX_JOBS=$(MAX_JOBS)
+
+$(CUDA_STAMP):
+	$(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_PY) -m pip install -q "$(CUDA_TORCH)" ninja numpy pytest pyyaml "setuptools>=64" wheel
+	touch $@
+
+cuda-build: $(CUDA_STAMP)
+	rm -rf $(CUDA_BUILD)/lib && mkdir -p $(CUDA_BUILD)/lib
+	tar -cf - --exclude='*.so' --exclude=__pycache__ quantnoise_kernels | tar -xf - -C $(CUDA_BUILD)/lib
+	$(CUDA_ENV) TORCH_CUDA_ARCH_LIST="$(CUDA_ARCH)" $(CUDA_PY) setup.py -q build_ext \
+		--build-lib $(CUDA_BUILD)/lib --build-temp $(CUDA_BUILD)/temp
+	cd $(CUDA_BUILD)/lib && PYTHONPATH=. $(CUDA_PY) $(CURDIR)/tools/check_cuda_build.py
+	cd $(CUDA_BUILD)/lib && QUANTNOISE_TEST_DEVICE=cpu,cuda $(CUDA_PY) -m pytest $(CURDIR)/python_tests -q \
+		-o pythonpath= -p no:cacheprovider
+
+# For users with a GPU: build for the local GPU, run every test (CUDA ops against CPU ops
+# included), a short GPU benchmark, and print a summary.
+GPU_BUILD ?= build/gpu
+gpu-check: $(CUDA_STAMP)
+	@nvidia-smi -L >/dev/null 2>&1 || { echo "gpu-check: no NVIDIA GPU visible (nvidia-smi -L failed)"; exit 1; }
+	rm -rf $(GPU_BUILD)/lib && mkdir -p $(GPU_BUILD)/lib
+	tar -cf - --exclude='*.so' --exclude=__pycache__ quantnoise_kernels | tar -xf - -C $(GPU_BUILD)/lib
+	$(CUDA_ENV) TORCH_CUDA_ARCH_LIST="$$($(CUDA_PY) -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')" \
+		$(CUDA_PY) setup.py -q build_ext --build-lib $(GPU_BUILD)/lib --build-temp $(GPU_BUILD)/temp
+	cd $(GPU_BUILD)/lib && PYTHONPATH=. $(CUDA_PY) $(CURDIR)/tools/check_cuda_build.py
+	cd $(GPU_BUILD)/lib && QUANTNOISE_TEST_DEVICE=cpu,cuda $(CUDA_PY) -m pytest $(CURDIR)/python_tests -q -rfs \
+		-o pythonpath= -p no:cacheprovider --junitxml=$(CURDIR)/$(GPU_BUILD)/tests.xml || true
+	cd $(GPU_BUILD)/lib && PYTHONPATH=.:$(CURDIR) $(CUDA_PY) $(CURDIR)/tools/gpu_check.py $(CURDIR)/$(GPU_BUILD)/tests.xml
+
 # The main job: every kernel against its baselines, printed as ratio tables.
 demo: build
 	$(PY) -m benchmarks.run

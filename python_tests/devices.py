@@ -18,12 +18,16 @@ import pytest
 ALL_DEVICES = ["cpu", "cuda-emu", "cuda"]
 
 
+def selected_devices() -> list[str]:
+    """The device names this run tests (``QUANTNOISE_TEST_DEVICE`` or all)."""
+    env = os.environ.get("QUANTNOISE_TEST_DEVICE")
+    return env.split(",") if env else list(ALL_DEVICES)
+
+
 def device_params() -> list:
     """``pytest.param`` per device, with the ``cuda`` / ``cuda_emu`` markers."""
-    env = os.environ.get("QUANTNOISE_TEST_DEVICE")
-    devices = env.split(",") if env else ALL_DEVICES
     params = []
-    for d in devices:
+    for d in selected_devices():
         if d == "cuda-emu":
             params.append(pytest.param("cpu", id="cuda-emu", marks=pytest.mark.cuda_emu))
         elif d.startswith("cuda"):

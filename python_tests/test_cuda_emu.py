@@ -14,11 +14,13 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from devices import selected_devices
 from emu import ROOT, cuda_emulation, emulated_ops, load, ops_with_cuda_kernels, sanitized, set_schedule
 
 from quantnoise_kernels import ops, reference
 
 SCHEDULES = ["forward", "reverse", "random"]
+pytestmark = pytest.mark.skipif("cuda-emu" not in selected_devices(), reason="cuda-emu not in QUANTNOISE_TEST_DEVICE")
 
 
 @pytest.fixture(autouse=True)

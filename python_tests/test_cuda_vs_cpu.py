@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from devices import selected_devices
 from emu import cuda_emulation, ops_with_cuda_kernels
 
 from quantnoise_kernels import ops
@@ -58,7 +59,10 @@ def _to_cpu(out):
     return out.cpu()
 
 
-@pytest.mark.parametrize("target", [pytest.param("cuda-emu"), pytest.param("cuda", marks=pytest.mark.cuda)])
+TARGETS = [pytest.param(d, marks=pytest.mark.cuda) if d == "cuda" else d for d in selected_devices() if d != "cpu"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("op", sorted(CASES))
 def test_cuda_op_matches_cpu_op(target, op):
     for name, run in CASES[op]("cpu"):

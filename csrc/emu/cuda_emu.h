@@ -204,9 +204,7 @@ class GridRun {
   static std::string dims(dim3 d) {
     return "(" + std::to_string(d.x) + "," + std::to_string(d.y) + "," + std::to_string(d.z) + ")";
   }
-  uint3 thread_index(int t) const {
-    return uint3{t % block_.x, (t / block_.x) % block_.y, t / (block_.x * block_.y)};
-  }
+  uint3 thread_index(int t) const { return uint3{t % block_.x, (t / block_.x) % block_.y, t / (block_.x * block_.y)}; }
   std::string thread_name(int t) const {
     const uint3 i = thread_index(t);
     return "thread (" + std::to_string(i.x) + "," + std::to_string(i.y) + "," + std::to_string(i.z) + ")";

@@ -1,0 +1,85 @@
+"""Summary of ``make gpu-check``: the test results on this GPU and a short GPU benchmark.
+
+    python tools/gpu_check.py [junit.xml]
+
+Times each CUDA op with CUDA events against a yardstick on the same GPU (a copy of the weight
+for block noise, dense ``F.linear`` for noisy_linear) and prints one line per workload.
+"""
+
+from __future__ import annotations
+
+import sys
+import xml.etree.ElementTree as ET
+
+import torch
+import torch.nn.functional as F
+
+from quantnoise_kernels import ops
+
+
+def _time_ms(fn, iters: int = 50) -> float:
+    for _ in range(5):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def _tests(junit: str) -> tuple[str, bool]:
+    root = ET.parse(junit).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    total, failures, errors, skipped = (int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped"))
+    cuda_run = sum(
+        1
+        for case in suite.iter("testcase")
+        if "cuda" in case.get("name", "") and case.find("skipped") is None and "cuda-emu" not in case.get("name", "")
+    )
+    line = (
+        f"tests: {total - failures - errors - skipped} passed, {failures + errors} failed, {skipped} skipped "
+        f"({cuda_run} ran on the GPU)"
+    )
+    return line, failures + errors == 0
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("gpu-check: no CUDA device visible to torch")
+        return 1
+    dev = torch.device("cuda")
+    props = torch.cuda.get_device_properties(dev)
+    print(
+        f"\n=== gpu-check: {props.name} (sm_{props.major}{props.minor}), torch {torch.__version__}, "
+        f"CUDA {torch.version.cuda} ==="
+    )
+    ok = True
+    if len(sys.argv) > 1:
+        line, ok = _tests(sys.argv[1])
+        print(line)
+    rows = []
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        w = torch.randn(4096, 4096, device=dev, dtype=dtype)
+        seed = torch.tensor(1, device=dev)
+        ours = _time_ms(lambda w=w, s=seed: ops.block_noise(w, 0.1, 8, s))
+        clone = _time_ms(w.clone)
+        gbs = 2 * w.numel() * w.element_size() / ours / 1e6
+        rows.append((f"block_noise 4096x4096 {dtype}", ours, "weight.clone()", clone, f"{gbs:.0f} GB/s"))
+    x = torch.randn(64, 4096, device=dev, dtype=torch.float16)
+    w = torch.randn(4096, 4096, device=dev, dtype=torch.float16)
+    seed = torch.tensor(1, device=dev)
+    ours = _time_ms(lambda: ops.noisy_linear(x, w, None, 0.1, 8, seed))
+    dense = _time_ms(lambda: F.linear(x, w))
+    rows.append(("noisy_linear 64x4096 @ 4096x4096 fp16", ours, "F.linear", dense, ""))
+    print(f"{'workload':<42} {'ours ms':>9} {'yardstick':>16} {'ms':>9} {'ratio':>7}")
+    for name, t, yname, y, extra in rows:
+        print(f"{name:<42} {t:>9.4f} {yname:>16} {y:>9.4f} {y / t:>6.2f}x {extra}")
+    print("gpu-check:", "OK" if ok else "FAILED (see the test output above)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
