@@ -8,6 +8,7 @@ for block noise, dense ``F.linear`` for noisy_linear) and prints one line per wo
 
 from __future__ import annotations
 
+import re
 import sys
 import xml.etree.ElementTree as ET
 
@@ -34,10 +35,9 @@ def _tests(junit: str) -> tuple[str, bool]:
     root = ET.parse(junit).getroot()
     suite = root if root.tag == "testsuite" else root.find("testsuite")
     total, failures, errors, skipped = (int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped"))
+    on_gpu = re.compile(r"\[(?:.*-)?cuda(?!-emu)(?:-.*)?\]$")  # the `cuda` device id, not `cuda-emu`
     cuda_run = sum(
-        1
-        for case in suite.iter("testcase")
-        if "cuda" in case.get("name", "") and case.find("skipped") is None and "cuda-emu" not in case.get("name", "")
+        1 for case in suite.iter("testcase") if on_gpu.search(case.get("name", "")) and case.find("skipped") is None
     )
     line = (
         f"tests: {total - failures - errors - skipped} passed, {failures + errors} failed, {skipped} skipped "
