@@ -86,15 +86,31 @@ def _redispatch(op: torch._ops.OpOverload):
     return kernel
 
 
+def _missing(name: str):
+    def kernel(*args, **kwargs):
+        raise NotImplementedError(
+            f"quantnoise::{name} has a CUDA kernel (csrc/cuda/*.cu) but no emulated launcher: add "
+            f"csrc/emu/{name}_emu.cpp (checklist in csrc/README.md)"
+        )
+
+    return kernel
+
+
 @contextlib.contextmanager
 def cuda_emulation() -> Iterator[list[str]]:
-    """Within the block, CPU tensors go through the emulated CUDA kernels; yields the op names."""
+    """Within the block, CPU tensors go through the emulated CUDA kernels; yields the op names.
+
+    An op with a CUDA kernel but no emulated launcher raises NotImplementedError, so its
+    ``cuda-emu`` tests fail instead of silently testing the CPU kernel again.
+    """
     names = emulated_ops()
     lib = torch.library.Library("quantnoise", "IMPL")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"(?s).*Overriding a previously registered kernel")
         for name in names:
             lib.impl(name, _redispatch(getattr(torch.ops.quantnoise, name).default), "CPU")
+        for name in sorted(set(ops_with_cuda_kernels()) - set(names)):
+            lib.impl(name, _missing(name), "CPU")
     try:
         yield names
     finally:

@@ -50,6 +50,17 @@ def test_cuda_emu_device_goes_through_the_emulator():
     assert count() == before + 1
 
 
+def test_op_without_emulated_kernel_fails_loudly(monkeypatch):
+    """cuda-emu tests of an op lacking csrc/emu/<op>_emu.cpp must not silently rerun the CPU kernel."""
+    import emu
+
+    monkeypatch.setattr(emu, "emulated_ops", lambda: [])
+    with emu.cuda_emulation():
+        with pytest.raises(NotImplementedError, match=r"add csrc/emu/block_noise_emu\.cpp"):
+            ops.block_noise(torch.randn(4, 8), 0.5, 4, 1)
+    assert ops.block_noise(torch.randn(4, 8), 0.5, 4, 1).shape == (4, 8), "the CPU kernel is back"
+
+
 @pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("shape,block_size", [((70, 48), 8), ((9, 7, 3, 3), 9), ((3, 1000), 4)])
