@@ -35,3 +35,14 @@ def device_params() -> list:
         else:
             params.append(d)
     return params
+
+
+def runs_cuda_kernel(device: str) -> bool:
+    """True when the ops run their CUDA kernels: on a GPU, or emulated (the ``cuda-emu`` device,
+    whose tensors are on the CPU). For tolerances that differ between the CPU and CUDA kernels."""
+    if device.startswith("cuda"):
+        return True
+    import sys
+
+    emu = sys.modules.get("emu")
+    return bool(emu is not None and emu.EMULATING)

@@ -26,6 +26,7 @@ from torch.utils import cpp_extension
 
 ROOT = Path(__file__).resolve().parent.parent
 EMU_KEY = "PrivateUse3"
+EMULATING = False  # True inside cuda_emulation()
 SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize=vptr"]
 
 
@@ -111,7 +112,10 @@ def cuda_emulation() -> Iterator[list[str]]:
             lib.impl(name, _redispatch(getattr(torch.ops.quantnoise, name).default), "CPU")
         for name in sorted(set(ops_with_cuda_kernels()) - set(names)):
             lib.impl(name, _missing(name), "CPU")
+    global EMULATING
+    EMULATING = True
     try:
         yield names
     finally:
+        EMULATING = False
         lib._destroy()

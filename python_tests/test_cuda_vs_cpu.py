@@ -39,14 +39,33 @@ def _noisy_linear_backward_input_cases(device: str) -> list[tuple[str, Callable[
     return [("grad input", lambda d: op(g.to(d), w.to(d), torch.tensor(41), 0.25, 8, 1, True))]
 
 
+def _kmeans_assign_cases(device: str) -> list[tuple[str, Callable[[str], object]]]:
+    cases = []
+    for b, n, k, d in ((1, 300, 16, 8), (3, 257, 100, 5), (2, 40, 700, 33)):
+        x, c = torch.randn(b, n, d), torch.randn(b, k, d)
+        cases.append((f"B={b} N={n} K={k} D={d}", lambda dev, x=x, c=c: ops.kmeans_assign(x.to(dev), c.to(dev))))
+    return cases
+
+
+def _kmeans_update_cases(device: str) -> list[tuple[str, Callable[[str], object]]]:
+    x, codes = torch.randn(2, 500, 8), torch.randint(0, 20, (2, 500))
+    return [("B=2 N=500 K=20 D=8", lambda dev: ops.kmeans_update(x.to(dev), codes.to(dev), 20))]
+
+
 # op name -> cases; each case maps a device to the op's output(s) on inputs built once on the CPU.
 CASES: dict[str, Callable[[str], list[tuple[str, Callable[[str], object]]]]] = {
     "block_noise": _block_noise_cases,
     "noisy_linear": _noisy_linear_cases,
     "noisy_linear_backward_input": _noisy_linear_backward_input_cases,
+    "kmeans_assign": _kmeans_assign_cases,
+    "kmeans_update": _kmeans_update_cases,
 }
 # How close each op must be: block noise is bit-identical; reductions may differ in summation order.
-TOLERANCE: dict[str, dict] = {"block_noise": {"rtol": 0, "atol": 0}}
+TOLERANCE: dict[str, dict] = {
+    "block_noise": {"rtol": 0, "atol": 0},
+    "kmeans_assign": {"rtol": 1e-5, "atol": 1e-5},  # codes exact (ints); distances up to rounding
+    "kmeans_update": {"rtol": 1e-5, "atol": 1e-5},  # float atomics sum in arrival order
+}
 
 
 def test_every_cuda_op_has_a_case():

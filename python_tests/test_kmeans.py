@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from devices import device_params
+from devices import device_params, runs_cuda_kernel
 
 import quantnoise_kernels as qn
 from quantnoise_kernels import ops, reference
@@ -101,10 +101,13 @@ def test_update_matches_reference(device):
     codes = torch.randint(0, 50, (3, 40000), device=device)
     sums, counts = ops.kmeans_update(x, codes, 50)
     ref_sums, ref_counts = reference.kmeans_update(x, codes, 50)
-    torch.testing.assert_close(sums, ref_sums, rtol=1e-6, atol=1e-5)
+    # The CUDA kernel adds ~2400 floats per sum with atomics, in arrival order (found by cuda-emu).
+    cuda = runs_cuda_kernel(device)
+    torch.testing.assert_close(sums, ref_sums, rtol=1e-6, atol=3e-4 if cuda else 1e-5)
     assert torch.equal(counts, ref_counts)
     s2, c2 = ops.kmeans_update(x[0], codes[0], 50)
-    assert torch.equal(s2, sums[0]) and torch.equal(c2, counts[0])
+    assert torch.equal(c2, counts[0])
+    torch.testing.assert_close(s2, sums[0], rtol=0, atol=3e-4 if cuda else 0)  # atomics: not bitwise on a GPU
 
 
 def test_update_deterministic_across_threads():
@@ -128,7 +131,9 @@ def test_op_errors(device):
         ops.kmeans_assign(x.int(), c)
     with pytest.raises(ValueError, match="between 1 and 65536 centroids, got K=65537"):
         ops.kmeans_assign(x, torch.randn(1, 65537, 4, device=device))
-    with pytest.raises(ValueError, match=r"codes must lie in \[0, n_centroids=3\), got 7"):
+    # The CUDA launcher only learns that some code was out of range, not which (found by cuda-emu).
+    got = "" if runs_cuda_kernel(device) else ", got 7"
+    with pytest.raises(ValueError, match=r"codes must lie in \[0, n_centroids=3\)" + got):
         ops.kmeans_update(x, torch.full((1, 10), 7, device=device), 3)
     with pytest.raises(ValueError, match="n_centroids must be in"):
         ops.kmeans_update(x, torch.zeros(1, 10, dtype=torch.int64, device=device), 0)

@@ -2,8 +2,11 @@
 // the emulation harness (csrc/emu/) compiles this file with g++ and runs it on CPU threads.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 
+#include "quantnoise/cuda_compat.h"
 #include "quantnoise/kmeans.h"
 
 namespace quantnoise {
@@ -20,7 +23,7 @@ __global__ void kmeans_assign_kernel(const scalar_t* __restrict__ x,            
                                      int64_t* __restrict__ codes,               // [B, N]
                                      float* __restrict__ dist,                  // [B, N]
                                      int64_t n, int64_t k, int64_t dim, int64_t tile_k) {
-  extern __shared__ float kmeans_smem[];
+  QN_DYNAMIC_SHARED(float, kmeans_smem);
   float* s_c = kmeans_smem;                 // [tile_k][dim]
   float* s_h = kmeans_smem + tile_k * dim;  // [tile_k]
   const int64_t b = blockIdx.y;
@@ -84,6 +87,35 @@ __global__ void kmeans_update_kernel(const scalar_t* __restrict__ x, const int64
     }
     atomicAdd(counts + b * k + code, 1ULL);
   }
+}
+
+// Launch configurations, shared by the CUDA launchers (kmeans.cu) and the emulated ones
+// (csrc/emu/kmeans_emu.cpp).
+// Centroids per shared-memory tile: 32 KiB of shared memory (and at least one centroid).
+inline int64_t kmeans_assign_tile_k(int64_t k, int64_t dim) {
+  return std::max<int64_t>(1, std::min<int64_t>(k, (32 * 1024 / 4) / (dim + 1)));
+}
+inline size_t kmeans_assign_smem_bytes(int64_t k, int64_t dim) {
+  return static_cast<size_t>(kmeans_assign_tile_k(k, dim) * (dim + 1)) * sizeof(float);
+}
+
+template <typename scalar_t, typename centroid_t>
+void launch_kmeans_assign(const scalar_t* x, const centroid_t* centroids, int64_t* codes, float* dist, int64_t batch,
+                          int64_t n, int64_t k, int64_t dim, cudaStream_t stream) {
+  constexpr int threads = 256;
+  const int64_t blocks_x = std::min<int64_t>((n + threads - 1) / threads, 4096);
+  const dim3 grid(static_cast<unsigned>(blocks_x), static_cast<unsigned>(batch));
+  QN_LAUNCH_KERNEL(grid, threads, kmeans_assign_smem_bytes(k, dim), stream, kmeans_assign_kernel<scalar_t, centroid_t>)
+  (x, centroids, codes, dist, n, k, dim, kmeans_assign_tile_k(k, dim));
+}
+
+template <typename scalar_t>
+void launch_kmeans_update(const scalar_t* x, const int64_t* codes, float* sums, unsigned long long* counts, int* bad,
+                          int64_t batch, int64_t n, int64_t k, int64_t dim, cudaStream_t stream) {
+  constexpr int threads = 256;
+  const int64_t blocks = std::min<int64_t>((batch * n + threads - 1) / threads, int64_t{1} << 16);
+  QN_LAUNCH_KERNEL(blocks, threads, 0, stream, kmeans_update_kernel<scalar_t>)
+  (x, codes, sums, counts, bad, batch, n, k, dim);
 }
 
 }  // namespace quantnoise
