@@ -46,7 +46,12 @@ def load() -> None:
     cpp_extension.load(
         name,
         sources,
-        extra_include_paths=[str(ROOT / "csrc" / "include"), str(ROOT / "csrc" / "emu")],
+        # shim/ first: it stands in for the CUDA headers a .cu launcher includes (pq_emu.cpp).
+        extra_include_paths=[
+            str(ROOT / "csrc" / "emu" / "shim"),
+            str(ROOT / "csrc" / "include"),
+            str(ROOT / "csrc" / "emu"),
+        ],
         extra_cflags=[*opt, "-Wall"],
         extra_ldflags=SANITIZE_FLAGS if sanitize else [],
         build_directory=str(build_dir),

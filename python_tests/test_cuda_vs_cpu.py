@@ -52,6 +52,24 @@ def _kmeans_update_cases(device: str) -> list[tuple[str, Callable[[str], object]
     return [("B=2 N=500 K=20 D=8", lambda dev: ops.kmeans_update(x.to(dev), codes.to(dev), 20))]
 
 
+def _pq_cases(op: str):
+    def cases(device: str) -> list[tuple[str, Callable[[str], object]]]:
+        out_f, in_f, bs, k = 48, 64, 8, 256
+        codes = torch.randint(0, k, (out_f, in_f // bs), dtype=torch.uint8)
+        c = torch.randn(k, bs)
+        x, bias, idx = torch.randn(3, 5, in_f), torch.randn(out_f), torch.randint(0, out_f, (4, 7))
+        if op == "pq_decode":
+            return [("uint8 codes", lambda d: ops.pq_decode(codes.to(d), c.to(d), (out_f, in_f)))]
+        if op == "pq_embedding":
+            return [("uint8 codes", lambda d: ops.pq_embedding(idx.to(d), codes.to(d), c.to(d)))]
+        return [
+            (f"path={p}", lambda d, p=p: ops.pq_linear(x.to(d), codes.to(d), c.to(d), bias.to(d), path=p))
+            for p in ("auto", "lut")
+        ]
+
+    return cases
+
+
 # op name -> cases; each case maps a device to the op's output(s) on inputs built once on the CPU.
 CASES: dict[str, Callable[[str], list[tuple[str, Callable[[str], object]]]]] = {
     "block_noise": _block_noise_cases,
@@ -59,12 +77,18 @@ CASES: dict[str, Callable[[str], list[tuple[str, Callable[[str], object]]]]] = {
     "noisy_linear_backward_input": _noisy_linear_backward_input_cases,
     "kmeans_assign": _kmeans_assign_cases,
     "kmeans_update": _kmeans_update_cases,
+    "pq_decode": _pq_cases("pq_decode"),
+    "pq_embedding": _pq_cases("pq_embedding"),
+    "pq_linear": _pq_cases("pq_linear"),
 }
 # How close each op must be: block noise is bit-identical; reductions may differ in summation order.
 TOLERANCE: dict[str, dict] = {
     "block_noise": {"rtol": 0, "atol": 0},
     "kmeans_assign": {"rtol": 1e-5, "atol": 1e-5},  # codes exact (ints); distances up to rounding
     "kmeans_update": {"rtol": 1e-5, "atol": 1e-5},  # float atomics sum in arrival order
+    "pq_decode": {"rtol": 0, "atol": 0},
+    "pq_embedding": {"rtol": 0, "atol": 0},
+    "pq_linear": {"rtol": 1e-4, "atol": 1e-4},  # summation order differs between kernels
 }
 
 
