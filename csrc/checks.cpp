@@ -203,6 +203,14 @@ void check_pq_embedding_indices(const at::Tensor& indices, const PQShape& s) {
   }
 }
 
+at::ScalarType check_pq_out_dtype(std::string_view op, const at::Tensor& centroids,
+                                  std::optional<at::ScalarType> out_dtype) {
+  const at::ScalarType dtype =
+      out_dtype.value_or(centroids.scalar_type() == at::kChar ? at::kFloat : centroids.scalar_type());
+  QN_CHECK_TYPE(is_supported_float(dtype), op, "out_dtype must be a float dtype, got ", dtype);
+  return dtype;
+}
+
 }  // namespace quantnoise
 
 namespace quantnoise {

@@ -41,7 +41,9 @@ def load() -> None:
     name = "quantnoise_emu_asan" if sanitize else "quantnoise_emu"
     build_dir = ROOT / "build" / name
     build_dir.mkdir(parents=True, exist_ok=True)
-    sources = sorted(glob.glob(str(ROOT / "csrc" / "emu" / "*.cpp"))) + [str(ROOT / "csrc" / "checks.cpp")]
+    # The host helpers the .cu launchers link (not ops.cpp: the main extension defines the schemas).
+    shared = [str(ROOT / "csrc" / name) for name in ("checks.cpp", "kmeans_host.cpp", "pq_host.cpp")]
+    sources = sorted(glob.glob(str(ROOT / "csrc" / "emu" / "*.cpp"))) + shared
     opt = ["-O1", "-g1", *SANITIZE_FLAGS] if sanitize else ["-O2", "-g0"]
     cpp_extension.load(
         name,

@@ -29,6 +29,7 @@
 #include "quantnoise/checks.h"
 #include "quantnoise/cpu_alloc.h"
 #include "quantnoise/kmeans.h"
+#include "quantnoise/kmeans_host.h"
 
 namespace quantnoise {
 namespace {
@@ -273,12 +274,9 @@ std::tuple<at::Tensor, at::Tensor> kmeans_update_cpu(const at::Tensor& x,      /
                                                      const at::Tensor& codes,  // [B, N] int64
                                                      int64_t n_centroids) {
   check_kmeans_update_args(x, codes, n_centroids);
-  const int64_t batch = x.size(0), n = x.size(1), dim = x.size(2), k = n_centroids;
-  const at::Tensor xc = x.contiguous();
-  const at::Tensor cc = codes.contiguous();
-  at::Tensor sums = at::zeros({batch, k, dim}, x.options().dtype(at::kFloat));
-  at::Tensor counts = at::zeros({batch, k}, x.options().dtype(at::kLong));
-  if (batch == 0 || n == 0) return {sums, counts};
+  const KMeansUpdateIO io = kmeans_update_io(x, codes, n_centroids);
+  if (io.empty()) return {io.sums, io.counts};
+  const int64_t batch = io.batch, n = io.n, dim = io.dim, k = io.k;
 
   const int64_t stride = k * dim + k;  // one chunk's partial sums then counts, as doubles
   const int64_t by_size = (n + 16383) / 16384;
@@ -288,9 +286,9 @@ std::tuple<at::Tensor, at::Tensor> kmeans_update_cpu(const at::Tensor& x,      /
   std::vector<double> partial(static_cast<size_t>(batch * n_chunks * stride), 0.0);
   std::atomic<int64_t> bad_code{0};
   std::atomic<bool> bad{false};
-  const int64_t* code_ptr = cc.const_data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "kmeans_update_cpu", [&] {
-    const scalar_t* x_ptr = xc.const_data_ptr<scalar_t>();
+  const int64_t* code_ptr = io.codes.const_data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, io.x.scalar_type(), "kmeans_update_cpu", [&] {
+    const scalar_t* x_ptr = io.x.const_data_ptr<scalar_t>();
     // Below ~1M values one thread finishes in about a millisecond: waking a second one can cost
     // more than that on a busy machine. (Chunks, hence results, do not depend on this.)
     const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, chunk * dim));
@@ -314,8 +312,8 @@ std::tuple<at::Tensor, at::Tensor> kmeans_update_cpu(const at::Tensor& x,      /
     });
   });
   QN_CHECK_VALUE(!bad.load(), "kmeans_update", "codes must lie in [0, n_centroids=", k, "), got ", bad_code.load());
-  float* s_ptr = sums.mutable_data_ptr<float>();
-  int64_t* n_ptr = counts.mutable_data_ptr<int64_t>();
+  float* s_ptr = io.sums.mutable_data_ptr<float>();
+  int64_t* n_ptr = io.counts.mutable_data_ptr<int64_t>();
   at::parallel_for(0, batch * stride, 4096, [&](int64_t e_begin, int64_t e_end) {
     for (int64_t e = e_begin; e < e_end; ++e) {
       const int64_t b = e / stride, j = e % stride;
@@ -328,7 +326,7 @@ std::tuple<at::Tensor, at::Tensor> kmeans_update_cpu(const at::Tensor& x,      /
       }
     }
   });
-  return {sums, counts};
+  return {io.sums, io.counts};
 }
 
 }  // namespace

@@ -8,11 +8,9 @@
 
 #include "quantnoise/checks.h"
 #include "quantnoise/cpu_alloc.h"
+#include "quantnoise/pq_host.h"
 
 namespace quantnoise {
-
-at::Tensor pq_dequantized_centroids(const at::Tensor& centroids, const std::optional<at::Tensor>& scale,
-                                    const std::optional<at::Tensor>& zero_point, at::ScalarType dtype);
 
 namespace {
 
@@ -39,9 +37,7 @@ at::Tensor pq_embedding_cpu(const at::Tensor& indices, const at::Tensor& codes, 
   const PQShape s = check_pq_codebook_args("pq_embedding", codes, centroids, centroid_scale, centroid_zero_point, false,
                                            indices.device());
   check_pq_embedding_indices(indices, s);
-  const at::ScalarType dtype =
-      out_dtype.value_or(centroids.scalar_type() == at::kChar ? at::kFloat : centroids.scalar_type());
-  QN_CHECK_TYPE(is_supported_float(dtype), "pq_embedding", "out_dtype must be a float dtype, got ", dtype);
+  const at::ScalarType dtype = check_pq_out_dtype("pq_embedding", centroids, out_dtype);
   std::vector<int64_t> shape(indices.sizes().begin(), indices.sizes().end());
   shape.push_back(s.n_blocks * s.block_size);
   at::Tensor out = empty_cpu_output(shape, centroids.options().dtype(dtype));

@@ -15,8 +15,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
-#include <ATen/ops/mul.h>
-#include <ATen/ops/sub.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -32,19 +30,9 @@
 #include "quantnoise/checks.h"
 #include "quantnoise/cpu_alloc.h"
 #include "quantnoise/pq.h"
+#include "quantnoise/pq_host.h"
 
 namespace quantnoise {
-
-// Also used by pq_embedding.cpp.
-at::Tensor pq_dequantized_centroids(const at::Tensor& centroids, const std::optional<at::Tensor>& scale,
-                                    const std::optional<at::Tensor>& zero_point, at::ScalarType dtype) {
-  if (centroids.scalar_type() != at::kChar) return centroids.to(dtype).contiguous();
-  // (c - zero_point) * scale in float32, one value or one per centroid (reference.py does the same).
-  at::Tensor c = centroids.to(at::kFloat);
-  if (zero_point.has_value()) c = at::sub(c, zero_point->to(c.device(), at::kFloat).reshape({-1, 1}));
-  c = at::mul(c, scale->to(c.device(), at::kFloat).reshape({-1, 1}));
-  return c.to(dtype).contiguous();
-}
 
 namespace {
 
@@ -373,9 +361,7 @@ at::Tensor pq_decode_cpu(const at::Tensor& codes, const at::Tensor& centroids, a
   const PQShape s = check_pq_codebook_args("pq_decode", codes, centroids, centroid_scale, centroid_zero_point,
                                            codes_transposed, codes.device());
   check_pq_decode_shape(s, shape);
-  const at::ScalarType dtype =
-      out_dtype.value_or(centroids.scalar_type() == at::kChar ? at::kFloat : centroids.scalar_type());
-  QN_CHECK_TYPE(is_supported_float(dtype), "pq_decode", "out_dtype must be a float dtype, got ", dtype);
+  const at::ScalarType dtype = check_pq_out_dtype("pq_decode", centroids, out_dtype);
   at::Tensor w = empty_cpu_output(shape, centroids.options().dtype(dtype));
   if (w.numel() == 0) return w;
   const at::Tensor C = pq_dequantized_centroids(centroids, centroid_scale, centroid_zero_point, dtype);

@@ -12,6 +12,7 @@
 
 #include "kmeans_kernels.cuh"
 #include "quantnoise/checks.h"
+#include "quantnoise/kmeans_host.h"
 
 namespace quantnoise {
 namespace {
@@ -45,24 +46,20 @@ std::tuple<at::Tensor, at::Tensor> kmeans_update_cuda(const at::Tensor& x, const
                                                       int64_t n_centroids) {
   check_kmeans_update_args(x, codes, n_centroids);
   const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t batch = x.size(0), n = x.size(1), dim = x.size(2), k = n_centroids;
-  const at::Tensor xc = x.contiguous();
-  const at::Tensor cc = codes.contiguous();
-  at::Tensor sums = at::zeros({batch, k, dim}, x.options().dtype(at::kFloat));
-  at::Tensor counts = at::zeros({batch, k}, x.options().dtype(at::kLong));
-  if (batch == 0 || n == 0) return {sums, counts};
+  const KMeansUpdateIO io = kmeans_update_io(x, codes, n_centroids);
+  if (io.empty()) return {io.sums, io.counts};
   at::Tensor bad = at::zeros({1}, x.options().dtype(at::kInt));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "kmeans_update_cuda", [&] {
-    launch_kmeans_update<scalar_t>(xc.const_data_ptr<scalar_t>(), cc.const_data_ptr<int64_t>(),
-                                   sums.mutable_data_ptr<float>(),
-                                   reinterpret_cast<unsigned long long*>(counts.mutable_data_ptr<int64_t>()),
-                                   bad.mutable_data_ptr<int>(), batch, n, k, dim, stream);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, io.x.scalar_type(), "kmeans_update_cuda", [&] {
+    launch_kmeans_update<scalar_t>(io.x.const_data_ptr<scalar_t>(), io.codes.const_data_ptr<int64_t>(),
+                                   io.sums.mutable_data_ptr<float>(),
+                                   reinterpret_cast<unsigned long long*>(io.counts.mutable_data_ptr<int64_t>()),
+                                   bad.mutable_data_ptr<int>(), io.batch, io.n, io.k, io.dim, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   // One small device-to-host copy: out-of-range codes are a user error worth a sync.
-  QN_CHECK_VALUE(bad.item<int>() == 0, "kmeans_update", "codes must lie in [0, n_centroids=", k, ")");
-  return {sums, counts};
+  QN_CHECK_VALUE(bad.item<int>() == 0, "kmeans_update", "codes must lie in [0, n_centroids=", io.k, ")");
+  return {io.sums, io.counts};
 }
 
 }  // namespace

@@ -14,13 +14,9 @@
 
 #include "pq_kernels.cuh"
 #include "quantnoise/checks.h"
+#include "quantnoise/pq_host.h"
 
 namespace quantnoise {
-
-// Defined with the CPU kernels (pq_linear.cpp): (c - zero_point) * scale for int8 centroids,
-// else a cast; plain ATen ops, so it runs on the centroids' device.
-at::Tensor pq_dequantized_centroids(const at::Tensor& centroids, const std::optional<at::Tensor>& scale,
-                                    const std::optional<at::Tensor>& zero_point, at::ScalarType dtype);
 
 namespace {
 
@@ -31,9 +27,7 @@ at::Tensor pq_decode_cuda(const at::Tensor& codes, const at::Tensor& centroids, 
   const PQShape s = check_pq_codebook_args("pq_decode", codes, centroids, centroid_scale, centroid_zero_point,
                                            codes_transposed, codes.device());
   check_pq_decode_shape(s, shape);
-  const at::ScalarType dtype =
-      out_dtype.value_or(centroids.scalar_type() == at::kChar ? at::kFloat : centroids.scalar_type());
-  QN_CHECK_TYPE(is_supported_float(dtype), "pq_decode", "out_dtype must be a float dtype, got ", dtype);
+  const at::ScalarType dtype = check_pq_out_dtype("pq_decode", centroids, out_dtype);
   const c10::cuda::CUDAGuard guard(codes.device());
   at::Tensor w = at::empty(shape, centroids.options().dtype(dtype));
   if (w.numel() == 0) return w;
@@ -146,9 +140,7 @@ at::Tensor pq_embedding_cuda(const at::Tensor& indices, const at::Tensor& codes,
   const PQShape s = check_pq_codebook_args("pq_embedding", codes, centroids, centroid_scale, centroid_zero_point, false,
                                            indices.device());
   check_pq_embedding_indices(indices, s);
-  const at::ScalarType dtype =
-      out_dtype.value_or(centroids.scalar_type() == at::kChar ? at::kFloat : centroids.scalar_type());
-  QN_CHECK_TYPE(is_supported_float(dtype), "pq_embedding", "out_dtype must be a float dtype, got ", dtype);
+  const at::ScalarType dtype = check_pq_out_dtype("pq_embedding", centroids, out_dtype);
   const c10::cuda::CUDAGuard guard(indices.device());
   std::vector<int64_t> shape(indices.sizes().begin(), indices.sizes().end());
   shape.push_back(s.n_blocks * s.block_size);

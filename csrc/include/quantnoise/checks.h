@@ -61,6 +61,10 @@ void check_pq_linear_args(const at::Tensor& x, const PQShape& s, const std::opti
 void check_pq_decode_shape(const PQShape& s, at::IntArrayRef shape);
 // pq_embedding: indices integer, each in [0, out).
 void check_pq_embedding_indices(const at::Tensor& indices, const PQShape& s);
+// pq_decode / pq_embedding: the output dtype, out_dtype if given (a float dtype), else the
+// centroids' dtype (float32 for int8 centroids).
+at::ScalarType check_pq_out_dtype(std::string_view op, const at::Tensor& centroids,
+                                  std::optional<at::ScalarType> out_dtype);
 
 }  // namespace quantnoise
 
