@@ -1,6 +1,6 @@
 // Every op schema of the library, in one place (DESIGN §2). Device kernels register their
 // implementations in csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu; fake kernels and autograd
-// formulas live in quantnoise_kernels/ops.py.
+// formulas live in quantnoise_kernels/ops/ (one module per family).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -19,7 +19,7 @@ TORCH_LIBRARY(quantnoise, m) {
   // Philox keyed by (seed, offset, b). noise="drop": noised blocks become 0, kept blocks are
   // scaled by 1/(1-p) if rescale. noise="centroid": a noised block becomes its nearest row of
   // `centroids` [K, block_size] (squared L2, ties to the lowest index), kept blocks are copied
-  // (s = 1; rescale is ignored). straight_through selects the backward (ops.py); the
+  // (s = 1; rescale is ignored). straight_through selects the backward (ops/noise.py); the
   // forward ignores it. Returns a new contiguous tensor; weight is never written.
   m.def(
       "block_noise(Tensor weight, Tensor seed, float p, int block_size, int offset=0, bool rescale=True, "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch  # noqa: F401  (loads libtorch, which _C links against)
 
 try:
-    from . import _C  # noqa: F401  (loads the op library; must precede ops.py)
+    from . import _C  # noqa: F401  (loads the op library; must precede ops/)
 except ImportError as error:  # never fall back silently to slow Python code
     raise ImportError(
         "quantnoise_kernels: the compiled extension quantnoise_kernels._C is missing or does not load "

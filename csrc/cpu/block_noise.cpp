@@ -88,7 +88,7 @@ at::Tensor block_noise_cpu(const at::Tensor& weight,  // [out, ...] float
                            const at::Tensor& seed,    // [] or [1] int64
                            double p, int64_t block_size, int64_t offset, bool rescale, bool straight_through,
                            c10::string_view noise, const std::optional<at::Tensor>& centroids) {
-  (void)straight_through;  // used only by the autograd formula (ops.py)
+  (void)straight_through;  // used only by the autograd formula (ops/noise.py)
   check_block_noise_args(weight, seed, p, block_size, rescale, noise);
   check_block_noise_centroids(weight, block_size, noise, centroids);
   const at::Tensor w = weight.contiguous();

@@ -1,0 +1,28 @@
+"""Typed wrappers of the ``torch.ops.quantnoise`` ops, by family, with their fake kernels and autograd.
+
+Each public function is one hop to the dispatcher, which picks the CPU or CUDA kernel. The fake
+kernels give ``torch.compile`` output metadata; they mirror the C++ checks that shape depends on.
+
+- :mod:`.noise`: ``draw_seed``, ``block_noise``, ``noisy_linear`` (Quant-Noise).
+- :mod:`.kmeans`: ``kmeans_assign``, ``kmeans_update`` (iPQ clustering).
+- :mod:`.pq`: ``pq_pack_codes``, ``pq_unpack_codes``, ``pq_decode``, ``pq_linear``, ``pq_embedding``.
+"""
+
+from __future__ import annotations
+
+from .kmeans import kmeans_assign, kmeans_update
+from .noise import block_noise, draw_seed, noisy_linear
+from .pq import pq_decode, pq_embedding, pq_linear, pq_pack_codes, pq_unpack_codes
+
+__all__ = [
+    "block_noise",
+    "draw_seed",
+    "kmeans_assign",
+    "kmeans_update",
+    "noisy_linear",
+    "pq_pack_codes",
+    "pq_unpack_codes",
+    "pq_decode",
+    "pq_linear",
+    "pq_embedding",
+]

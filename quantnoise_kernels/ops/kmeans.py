@@ -1,0 +1,68 @@
+"""k-means ops: ``kmeans_assign`` (E-step) and ``kmeans_update`` (M-step statistics), with fake kernels."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["kmeans_assign", "kmeans_update"]
+
+
+def kmeans_assign(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
+    """Nearest centroid of every vector (k-means E-step), fused: never an ``N x K`` matrix.
+
+    Centroids are ranked by ``0.5*||c||^2 - x.c`` computed in fp32 with one FMA chain in a fixed
+    order on every device (``csrc/include/quantnoise/kmeans.h``); exact ties go to the lowest
+    index. ``dist`` is the exact squared distance to the chosen centroid.
+
+    Args:
+        x: ``[B, N, D]`` (or ``[N, D]``) float32/float16/bfloat16 vectors.
+        centroids: ``[B, K, D]`` (or ``[K, D]``) float32/float16/bfloat16, ``1 <= K <= 65536``.
+
+    Returns:
+        ``(codes, dist)``: ``codes`` int64 ``[B, N]`` in ``[0, K)``, ``dist`` float32 ``[B, N]``
+        (``[N]`` each for 2-D inputs).
+    """
+    if x.dim() == 2 and centroids.dim() == 2:
+        codes, dist = torch.ops.quantnoise.kmeans_assign.default(x.unsqueeze(0), centroids.unsqueeze(0))
+        return codes.squeeze(0), dist.squeeze(0)
+    return torch.ops.quantnoise.kmeans_assign.default(x, centroids)
+
+
+def kmeans_update(x: Tensor, codes: Tensor, n_centroids: int) -> tuple[Tensor, Tensor]:
+    """Per-cluster sums and counts (k-means M-step statistics); centroids are ``sums / counts``.
+
+    Deterministic on the CPU (fixed chunks reduced in order, fp64 accumulation); CUDA uses atomics.
+
+    Args:
+        x: ``[B, N, D]`` (or ``[N, D]``) float32/float16/bfloat16.
+        codes: int64 ``[B, N]`` (or ``[N]``) in ``[0, n_centroids)``.
+        n_centroids: ``K``.
+
+    Returns:
+        ``(sums, counts)``: float32 ``[B, K, D]`` and int64 ``[B, K]`` (without ``B`` for 2-D ``x``).
+    """
+    if x.dim() == 2 and codes.dim() == 1:
+        sums, counts = torch.ops.quantnoise.kmeans_update.default(x.unsqueeze(0), codes.unsqueeze(0), int(n_centroids))
+        return sums.squeeze(0), counts.squeeze(0)
+    return torch.ops.quantnoise.kmeans_update.default(x, codes, int(n_centroids))
+
+
+@torch.library.register_fake("quantnoise::kmeans_assign")
+def _kmeans_assign_fake(x, centroids):
+    torch._check(x.dim() == 3, lambda: f"quantnoise::kmeans_assign: x must be [B, N, D], got {tuple(x.shape)}")
+    torch._check(
+        centroids.dim() == 3, lambda: f"quantnoise::kmeans_assign: centroids must be [B, K, D], got {centroids.shape}"
+    )
+    batch, n = x.shape[0], x.shape[1]
+    return x.new_empty((batch, n), dtype=torch.int64), x.new_empty((batch, n), dtype=torch.float32)
+
+
+@torch.library.register_fake("quantnoise::kmeans_update")
+def _kmeans_update_fake(x, codes, n_centroids):
+    torch._check(x.dim() == 3, lambda: f"quantnoise::kmeans_update: x must be [B, N, D], got {tuple(x.shape)}")
+    batch, dim = x.shape[0], x.shape[2]
+    return (
+        x.new_empty((batch, n_centroids, dim), dtype=torch.float32),
+        x.new_empty((batch, n_centroids), dtype=torch.int64),
+    )
