@@ -96,7 +96,10 @@ gpu-check: $(CUDA_STAMP)
 demo: build
 	$(PY) -m benchmarks.run
 
-bench: demo
+# Micro-benchmarks, side by side with their baselines: writes benchmarks/results/<machine>.md + .json
+# + plots (benchmarks/README.md). BENCH_ARGS="-k kmeans --quick" selects and shrinks.
+bench: build
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 # Optional peers the benchmarks compare against when installed (never test dependencies).
 # Optional peers for the benchmarks (never test dependencies): faiss-cpu for k-means, AQLM's CPU

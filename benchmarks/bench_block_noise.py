@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
+from benchmarks.timing import Case, compare
 from quantnoise_kernels import ops, quant_noise, reference
 
-SHAPES = [(4096, 4096), (1024, 4096)]
 P, BLOCK = 0.1, 8
 
 
-def _fwd_bwd(fn, w, g):
+def _fwd_bwd(fn, w: torch.Tensor, g: torch.Tensor):
     def run():
         w.grad = None
         fn(w).backward(g)
@@ -20,48 +21,68 @@ def _fwd_bwd(fn, w, g):
     return run
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
-@pytest.mark.parametrize("impl", ["fused", "fairseq"])
-def test_noise_forward_backward(benchmark, shape, impl):
+def forward_backward(shape: tuple[int, int], quick: bool) -> list[dict[str, Any]]:
     """Target: fused >= 5x faster than fairseq's bernoulli/repeat_interleave/masked_fill/scale."""
     w = torch.randn(shape, requires_grad=True)
     g = torch.randn(shape)
-    if impl == "fused":
-        fn = lambda x: ops.block_noise(x, P, BLOCK, ops.draw_seed())  # noqa: E731
-    else:
-        fn = lambda x: reference.block_noise_fairseq(x, P, BLOCK)  # noqa: E731
-    benchmark.group = f"block_noise forward+backward {shape[0]}x{shape[1]} fp32"
-    benchmark.extra_info["role"] = "ours" if impl == "fused" else "baseline"
-    benchmark(_fwd_bwd(fn, w, g))
+    cases = {
+        "block_noise (ours, fused)": Case(
+            _fwd_bwd(lambda v: ops.block_noise(v, P, BLOCK, ops.draw_seed()), w, g), "ours"
+        ),
+        "fairseq-style reference": Case(_fwd_bwd(lambda v: reference.block_noise_fairseq(v, P, BLOCK), w, g)),
+    }
+    group = f"block_noise forward+backward {shape[0]}x{shape[1]} fp32, p={P}, block {BLOCK}"
+    params = {"rows": shape[0], "cols": shape[1]}
+    return compare(
+        group,
+        cases,
+        params=params,
+        figure="block_noise",
+        targets={"fairseq-style reference": 5.0},
+        rounds=3 if quick else 7,
+    )
 
 
-@pytest.mark.parametrize("impl", ["fused", "clone"])
-def test_noise_forward_vs_clone(benchmark, impl):
+def forward_vs_clone(quick: bool) -> list[dict[str, Any]]:
     """Target: the op's forward runs at >= 60% of the speed of weight.clone()."""
-    w = torch.randn(4096, 4096)
-    benchmark.group = "block_noise forward vs weight.clone() 4096x4096 fp32"
-    benchmark.extra_info["role"] = "ours" if impl == "fused" else "yardstick"
-    if impl == "fused":
-        seed = ops.draw_seed()
-        benchmark(lambda: ops.block_noise(w, P, BLOCK, seed))
-    else:
-        benchmark(w.clone)
+    n = 1024 if quick else 4096
+    w = torch.randn(n, n)
+    seed = ops.draw_seed()
+    cases = {
+        "block_noise forward (ours)": Case(lambda: ops.block_noise(w, P, BLOCK, seed), "ours"),
+        "weight.clone()": Case(w.clone, "yardstick"),
+    }
+    group = f"block_noise forward vs weight.clone() {n}x{n} fp32"
+    return compare(group, cases, targets={"weight.clone()": 0.6}, rounds=3 if quick else 7)
 
 
-@pytest.mark.parametrize("impl", ["noisy", "plain"])
-def test_linear_training_step(benchmark, impl):
+def linear_training_step(quick: bool) -> list[dict[str, Any]]:
     """Target: a noisy Linear(4096, 4096) step (batch 32) <= 1.25x the plain step (fairseq: 3.8x)."""
-    layer = torch.nn.Linear(4096, 4096)
-    if impl == "noisy":
-        quant_noise(layer, P, BLOCK)
-    opt = torch.optim.SGD(layer.parameters(), lr=1e-3)
-    x, target = torch.randn(32, 4096), torch.randn(32, 4096)
+    n = 1024 if quick else 4096
 
-    def step():
-        opt.zero_grad(set_to_none=True)
-        F.mse_loss(layer(x), target).backward()
-        opt.step()
+    def step_fn(noisy: bool):
+        layer = torch.nn.Linear(n, n)
+        if noisy:
+            quant_noise(layer, P, BLOCK)
+        opt = torch.optim.SGD(layer.parameters(), lr=1e-3)
+        x, target = torch.randn(32, n), torch.randn(32, n)
 
-    benchmark.group = "Linear(4096, 4096) training step, batch 32"
-    benchmark.extra_info["role"] = "ours" if impl == "noisy" else "yardstick"
-    benchmark(step)
+        def step():
+            opt.zero_grad(set_to_none=True)
+            F.mse_loss(layer(x), target).backward()
+            opt.step()
+
+        return step
+
+    cases = {
+        "quant_noise Linear step (ours)": Case(step_fn(True), "ours"),
+        "plain Linear step": Case(step_fn(False), "yardstick"),
+    }
+    group = f"Linear({n}, {n}) training step, batch 32, p={P}"
+    return compare(group, cases, targets={"plain Linear step": 0.8}, rounds=3 if quick else 7)
+
+
+def rows(quick: bool = False) -> list[dict[str, Any]]:
+    shapes = [(256, 1024)] if quick else [(4096, 4096), (1024, 4096)]
+    out = [row for shape in shapes for row in forward_backward(shape, quick)]
+    return out + forward_vs_clone(quick) + linear_training_step(quick)
