@@ -217,7 +217,7 @@ def test_torch_compile_fullgraph():
         (lambda: ops.pq_embedding(torch.tensor([4]), torch.zeros(4, 2, dtype=torch.uint8), torch.randn(8, 8)),
          r"indices must be in \[0, num_embeddings=4\), got values in \[4, 4\]", ValueError),
         (lambda: PQLinear(torch.randn(8, 5), torch.zeros(4, 3, dtype=torch.uint8), None, 16, 4),
-         r"block_size=5 must divide the row length 16", ValueError),
+         r"row length of weight \(16 for shape \[4, 16\]\), got block_size=5", ValueError),
         (lambda: PQLinear(torch.randn(8, 8), torch.zeros(4, 3, dtype=torch.uint8), None, 16, 4),
          r"codes must have shape \(4, 2\)", ValueError),
     ],

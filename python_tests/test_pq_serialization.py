@@ -224,7 +224,7 @@ def test_from_fairseq_state_dict_fp16_option_and_errors():
     with pytest.raises(ValueError, match=r"assignments must lie in \[0, 32\), got range \[32, 32\]"):
         from_fairseq_state_dict(nn.Sequential(nn.Linear(16, 8)), bad)
     bad = dict(sd, **{"0.centroids": torch.randn(32, 3)})
-    with pytest.raises(ValueError, match="block size 3 .* does not divide the row length 16"):
+    with pytest.raises(ValueError, match=r"block_size must divide the row length of weight \(16 .*got block_size=3"):
         from_fairseq_state_dict(nn.Sequential(nn.Linear(16, 8)), bad)
     with pytest.raises(RuntimeError, match="unexpected keys \\['extra'\\]"):
         from_fairseq_state_dict(nn.Sequential(nn.Linear(16, 8)), dict(sd, extra=torch.zeros(1)))

@@ -142,9 +142,9 @@ def test_torch_compile_fullgraph():
 @pytest.mark.parametrize(
     "module,block_size,error,match",
     [
-        (nn.Linear(30, 4), 8, ValueError, r"block_size must divide the weight's row length 30.*got block_size=8"),
-        (nn.Linear(32, 4), 0, ValueError, r"block_size must be a positive int, got 0"),
-        (nn.Conv2d(4, 4, 3), 8, ValueError, r"row length 36.*got block_size=8"),
+        (nn.Linear(30, 4), 8, ValueError, r"block_size must divide the row length of weight \(30.*got block_size=8"),
+        (nn.Linear(32, 4), 0, ValueError, r"block_size must be positive, got 0"),
+        (nn.Conv2d(4, 4, 3), 8, ValueError, r"row length of weight \(36.*got block_size=8"),
         (nn.LSTM(4, 4), 4, TypeError, r"module must be one of Linear, Embedding, Conv1d, Conv2d, got LSTM"),
     ],
 )

@@ -16,10 +16,10 @@ import torch
 from torch import Tensor
 
 from . import ops
+from ._blocks import MAX_CENTROIDS, SEED_HIGH
 
 __all__ = ["KMeansResult", "kmeans", "MAX_CENTROIDS"]
 
-MAX_CENTROIDS = 65536  # kKMeansMaxCentroids in csrc/include/quantnoise/kmeans.h
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -230,7 +230,7 @@ def kmeans(
     elif generator is not None:
         gen = generator
     else:
-        gen = torch.Generator().manual_seed(comm.broadcast_int(int(torch.randint(0, 2**62, ()))))
+        gen = torch.Generator().manual_seed(comm.broadcast_int(int(torch.randint(0, SEED_HIGH, ()))))
 
     start = time.perf_counter()
     log = verbose and comm.rank == 0

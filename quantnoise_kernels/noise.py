@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ops
+from ._blocks import check_block_size
 
 __all__ = ["QuantNoiseConfig", "quant_noise", "remove_quant_noise", "quant_noise_weight", "noised_weight"]
 
@@ -35,23 +36,11 @@ class QuantNoiseConfig:
     rescale: bool = True
     straight_through: bool = True
 
-    @property
-    def scale(self) -> float:
-        """Factor applied to kept blocks: ``1/(1-p)`` with rescale, else 1."""
-        return 1.0 / (1.0 - self.p) if self.rescale else 1.0
-
 
 def _check_config(weight: Tensor, p: float, block_size: int, rescale: bool) -> None:
     if not (isinstance(p, (int, float)) and math.isfinite(p) and 0.0 <= p <= 1.0 and not (rescale and p >= 1.0)):
         raise ValueError(f"quant_noise: p must be in [0, 1), got {p!r}")
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
-        raise ValueError(f"quant_noise: block_size must be a positive int, got {block_size!r}")
-    row = math.prod(weight.shape[1:])
-    if row % block_size != 0:
-        raise ValueError(
-            f"quant_noise: block_size must divide the weight's row length {row} "
-            f"(weight shape {tuple(weight.shape)}), got block_size={block_size}"
-        )
+    check_block_size(block_size, tuple(weight.shape), "quant_noise")
 
 
 def quant_noise_weight(

@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["draw_seed", "block_noise", "noisy_linear"]
+from .._blocks import SEED_HIGH
 
-_SEED_HIGH = 2**62
+__all__ = ["draw_seed", "block_noise", "noisy_linear"]
 
 
 def draw_seed(generator: torch.Generator | None = None) -> Tensor:
@@ -18,7 +18,7 @@ def draw_seed(generator: torch.Generator | None = None) -> Tensor:
 
     Returns a 0-d int64 CPU tensor (a tensor, not an int, so ``torch.compile`` traces it).
     """
-    return torch.randint(0, _SEED_HIGH, (), dtype=torch.int64, generator=generator)
+    return torch.randint(0, SEED_HIGH, (), dtype=torch.int64, generator=generator)
 
 
 def _as_seed(seed: int | Tensor) -> Tensor:

@@ -12,21 +12,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._blocks import check_block_size, codes_dtype
 from ..clustering import kmeans
 
 __all__ = ["PQ", "weight_to_blocks", "blocks_to_weight", "to_fairseq_order", "from_fairseq_order", "codes_dtype"]
-
-
-def _row_length(shape: torch.Size | tuple[int, ...]) -> int:
-    row = 1
-    for s in shape[1:]:
-        row *= int(s)
-    return row
-
-
-def codes_dtype(n_centroids: int) -> torch.dtype:
-    """The interchange dtype of codes: ``uint8`` when ``K <= 256``, else ``int32``."""
-    return torch.uint8 if n_centroids <= 256 else torch.int32
 
 
 def weight_to_blocks(weight: Tensor, block_size: int) -> Tensor:
@@ -34,15 +23,11 @@ def weight_to_blocks(weight: Tensor, block_size: int) -> Tensor:
 
     Raises:
         ValueError: ``weight`` has fewer than 2 dimensions or ``block_size`` does not divide its row length.
+        TypeError: ``block_size`` is not an int.
     """
     if weight.dim() < 2:
         raise ValueError(f"weight_to_blocks: weight must have at least 2 dimensions, got shape {tuple(weight.shape)}")
-    row = _row_length(weight.shape)
-    if block_size <= 0 or row % block_size:
-        raise ValueError(
-            f"weight_to_blocks: block_size must divide the row length {row} of weight {tuple(weight.shape)}, "
-            f"got {block_size}"
-        )
+    check_block_size(block_size, tuple(weight.shape), "weight_to_blocks")
     return weight.reshape(weight.shape[0], -1).reshape(-1, block_size)
 
 

@@ -1,12 +1,12 @@
-"""Compact save/load of PQ-compressed models, and import of fairseq iPQ state_dicts.
+"""Compact save/load of PQ-compressed models (and, re-exported, the import of fairseq iPQ state_dicts).
 
 File format (``torch.save`` of plain containers, loaded with ``weights_only=True``; version 1)::
 
     {"format": "quantnoise_kernels.pq.compressed", "version": 1, "torch_version": str,
      "layers": [                                  # one entry per PQ layer path, module order
         {"name": "decoder.layers.0.fc1", "class": "PQLinear", "dense_class": "Linear",
-         "weight_shape": [out, in], "block_size": bs, "n_centroids": K,
-         "config": {...},                         # constructor hyper-parameters (in/out, conv, embedding args)
+         "weight_shape": [out, row], "block_size": bs, "n_centroids": K,
+         "config": {...},                         # PQLayer.config(): the layer arguments (in/out, conv, embedding)
          "codes": Tensor[out, row/bs],            # interchange layout; uint8 (K <= 256), int16, or int32
          "centroids": Tensor[K, bs],              # the layer's dtype, fp16 by default (bit-exact)
          "bias": Tensor[out] | None,
@@ -27,17 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .pipeline import (
-    _layer_classes,
-    _lookup,
-    _share_storage,
-    _weight_row,
-    build_pq_layer,
-    codes_from_fairseq,
-    is_pq_layer,
-    layer_config,
-    replace_module,
-)
+from .._blocks import row_length
+from ._model import device_of, load_remaining_state, replace_module, share_storage, state_outside
+from .fairseq import from_fairseq_state_dict
+from .registry import is_pq_layer, pq_class_by_dense_name
 
 __all__ = ["save_compressed", "load_compressed", "from_fairseq_state_dict", "FORMAT", "VERSION"]
 
@@ -54,6 +47,7 @@ def _compact(t: Tensor) -> Tensor:
 
 
 def _codes_for_file(codes: Tensor, n_centroids: int) -> Tensor:
+    """The file's codes dtype: the smallest integer type holding every code (uint8, int16, int32)."""
     if n_centroids <= 256:
         return codes.to(torch.uint8)
     if n_centroids <= 32768:
@@ -61,15 +55,26 @@ def _codes_for_file(codes: Tensor, n_centroids: int) -> Tensor:
     return codes.to(torch.int32)
 
 
-def _dense_name(pq_cls: type) -> str:
-    for dense_cls, cls in _layer_classes().items():
-        if cls is pq_cls:
-            return dense_cls.__name__
-    raise TypeError(f"save_compressed: {pq_cls.__name__} is not a known PQ layer class")
-
-
-def _under(key: str, prefixes: list[str]) -> bool:
-    return any(key.startswith(p) for p in prefixes)
+def _layer_entry(name: str, module: nn.Module, centroid_owner: dict[int, str]) -> dict[str, Any]:
+    """The file entry of a PQ layer met for the first time (codes and centroids unless tied to an earlier one)."""
+    codes = module.interchange_codes()
+    n_centroids, block_size = (int(s) for s in module.centroids.shape)
+    entry: dict[str, Any] = {"name": name, "class": type(module).__name__, "tied_to": None, "same_module_as": None}
+    entry.update(
+        dense_class=module._FLOAT_MODULE.__name__,
+        weight_shape=[int(codes.shape[0]), int(codes.shape[1]) * block_size],
+        block_size=block_size,
+        n_centroids=n_centroids,
+        config=module.config(),
+        bias=None if module.bias is None else _compact(module.bias),
+    )
+    if id(module.centroids) in centroid_owner:
+        entry["tied_to"] = centroid_owner[id(module.centroids)]
+    else:
+        centroid_owner[id(module.centroids)] = name
+        entry["codes"] = _compact(_codes_for_file(codes, n_centroids))
+        entry["centroids"] = _compact(module.centroids)
+    return entry
 
 
 def save_compressed(model: nn.Module, path: str | os.PathLike) -> None:
@@ -85,32 +90,13 @@ def save_compressed(model: nn.Module, path: str | os.PathLike) -> None:
     for name, module in model.named_modules(remove_duplicate=False):
         if not is_pq_layer(module):
             continue
-        entry: dict[str, Any] = {"name": name, "class": type(module).__name__, "tied_to": None, "same_module_as": None}
         if id(module) in first_path:
-            entry["same_module_as"] = first_path[id(module)]
-            layers.append(entry)
+            entry = {"name": name, "class": type(module).__name__, "tied_to": None}
+            layers.append(dict(entry, same_module_as=first_path[id(module)]))
             continue
         first_path[id(module)] = name
-        codes = module.interchange_codes()
-        n_centroids, block_size = module.centroids.shape
-        config = layer_config(module)
-        entry.update(
-            dense_class=_dense_name(type(module)),
-            weight_shape=[int(codes.shape[0]), int(codes.shape[1]) * int(block_size)],
-            block_size=int(block_size),
-            n_centroids=int(n_centroids),
-            config=config,
-            bias=None if module.bias is None else _compact(module.bias),
-        )
-        if id(module.centroids) in centroid_owner:
-            entry["tied_to"] = centroid_owner[id(module.centroids)]
-        else:
-            centroid_owner[id(module.centroids)] = name
-            entry["codes"] = _compact(_codes_for_file(codes, int(n_centroids)))
-            entry["centroids"] = _compact(module.centroids)
-        layers.append(entry)
-    prefixes = [entry["name"] + "." for entry in layers]
-    rest = {k: _compact(v) for k, v in model.state_dict().items() if not _under(k, prefixes)}
+        layers.append(_layer_entry(name, module, centroid_owner))
+    rest = {k: _compact(v) for k, v in state_outside(model, [entry["name"] for entry in layers]).items()}
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -121,19 +107,35 @@ def save_compressed(model: nn.Module, path: str | os.PathLike) -> None:
     torch.save(payload, path)
 
 
-def _device_of(module: nn.Module) -> torch.device:
-    for t in module.parameters():
-        return t.device
-    return torch.device("cpu")
-
-
-def _load_rest(model: nn.Module, rest: dict[str, Tensor], pq_names: list[str], strict: bool, what: str) -> None:
-    prefixes = [n + "." for n in pq_names]
-    result = model.load_state_dict(rest, strict=False)
-    missing = [k for k in result.missing_keys if not _under(k, prefixes)]
-    unexpected = list(result.unexpected_keys)
-    if strict and (missing or unexpected):
-        raise RuntimeError(f"{what}: state_dict mismatch: missing keys {missing}, unexpected keys {unexpected}")
+def _check_entries(model: nn.Module, layers: list[dict[str, Any]]) -> dict[str, nn.Module]:
+    """name -> the module each file entry replaces, every entry checked against ``model`` (nothing changed)."""
+    current_of: dict[str, nn.Module] = {}
+    for entry in layers:
+        name = entry["name"]
+        if entry.get("same_module_as"):
+            continue
+        try:
+            current = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"load_compressed: the model has no module {name!r}") from None
+        pq_cls = pq_class_by_dense_name(entry["dense_class"])
+        if pq_cls is None:
+            raise ValueError(f"load_compressed: {name!r}: the file holds an unknown layer {entry['dense_class']!r}")
+        if not isinstance(current, (pq_cls._FLOAT_MODULE, pq_cls)):
+            raise ValueError(
+                f"load_compressed: {name!r} is a {type(current).__name__} in the model, the file holds a "
+                f"{entry['class']} (from {entry['dense_class']})"
+            )
+        if isinstance(current, pq_cls._FLOAT_MODULE):
+            shape = tuple(current.weight.shape)
+            out, row = shape[0], row_length(shape)
+            if [out, row] != list(entry["weight_shape"]):
+                raise ValueError(
+                    f"load_compressed: {name!r} has a weight of shape {shape} (rows {out} x {row}), the file holds "
+                    f"{entry['weight_shape']}"
+                )
+        current_of[name] = current
+    return current_of
 
 
 def load_compressed(
@@ -141,8 +143,9 @@ def load_compressed(
 ) -> list[str]:
     """Load a file written by :func:`save_compressed` into ``model``, a fresh instance of the same architecture.
 
-    The listed layers (dense ``Linear``/``Embedding``/``Conv2d`` in ``model``) are replaced by PQ layers on the
-    device of the layer they replace; the non-quantized parameters and buffers are loaded as they were saved.
+    The listed layers (dense layers of the classes the registry knows, in ``model``) are replaced by PQ layers
+    on the device of the layer they replace; the non-quantized parameters and buffers are loaded as they were
+    saved. Every layer entry is checked before the model is changed.
 
     Args:
         model: the dense model (or one already holding PQ layers at those names).
@@ -162,42 +165,17 @@ def load_compressed(
         raise ValueError(f"load_compressed: {os.fspath(path)!r} is not a {FORMAT} file")
     if data.get("version") != VERSION:
         raise ValueError(f"load_compressed: file version {data.get('version')} is not supported (expected {VERSION})")
-    classes = {dense.__name__: (dense, pq) for dense, pq in _layer_classes().items()}
-    # Check every layer before replacing any, so that a mismatch leaves the model untouched.
-    current_of: dict[str, nn.Module] = {}
-    for entry in data["layers"]:
-        name = entry["name"]
-        if entry.get("same_module_as"):
-            continue
-        try:
-            current = model.get_submodule(name)
-        except AttributeError:
-            raise ValueError(f"load_compressed: the model has no module {name!r}") from None
-        dense_cls, pq_cls = classes[entry["dense_class"]]
-        if not isinstance(current, (dense_cls, pq_cls)):
-            raise ValueError(
-                f"load_compressed: {name!r} is a {type(current).__name__} in the model, the file holds a "
-                f"{entry['class']} (from {entry['dense_class']})"
-            )
-        if isinstance(current, dense_cls):
-            out, row = _weight_row(current)
-            if [out, row] != list(entry["weight_shape"]):
-                raise ValueError(
-                    f"load_compressed: {name!r} has a weight of shape {tuple(current.weight.shape)} (rows {out} x "
-                    f"{row}), the file holds {entry['weight_shape']}"
-                )
-        current_of[name] = current
+    current_of = _check_entries(model, data["layers"])
 
     restored: dict[str, nn.Module] = {}
     names = []
     for entry in data["layers"]:
         name = entry["name"]
+        names.append(name)
         if entry.get("same_module_as"):
             replace_module(model, name, restored[entry["same_module_as"]])
-            names.append(name)
             continue
-        current = current_of[name]
-        _, pq_cls = classes[entry["dense_class"]]
+        pq_cls = pq_class_by_dense_name(entry["dense_class"])
         source = restored[entry["tied_to"]] if entry.get("tied_to") else None
         if source is not None:
             centroids, codes = source.centroids.detach(), source.interchange_codes()
@@ -205,85 +183,10 @@ def load_compressed(
             centroids, codes = entry["centroids"], entry["codes"]
             if codes.dtype == torch.int16:
                 codes = codes.to(torch.int32)
-        layer = build_pq_layer(pq_cls, entry["config"], centroids, codes, entry["bias"]).to(_device_of(current))
+        layer = pq_cls.from_config(entry["config"], centroids, codes, entry["bias"]).to(device_of(current_of[name]))
         if source is not None:
-            _share_storage(layer, source)
+            share_storage(layer, source)
         replace_module(model, name, layer)
         restored[name] = layer
-        names.append(name)
-    _load_rest(model, data["state_dict"], names, strict, "load_compressed")
+    load_remaining_state(model, data["state_dict"], names, strict, "load_compressed")
     return names
-
-
-def from_fairseq_state_dict(
-    model: nn.Module, state_dict: dict[str, Any], *, strict: bool = True, centroid_dtype: torch.dtype | None = None
-) -> list[str]:
-    """Import a fairseq iPQ state_dict into ``model`` (the dense architecture), replacing the quantized layers.
-
-    For each ``<name>.centroids`` ``[K, bs]`` / ``<name>.assignments`` (int64, fairseq block order
-    ``n = j*out + o``) pair, the dense module at ``<name>`` becomes a PQ layer with those centroids (dtype kept,
-    fp32 from fairseq, unless ``centroid_dtype``), codes in the interchange layout and ``<name>.bias``;
-    ``<name>.counts`` is dropped (the layers recount). Its decoded weight equals fairseq's reconstruction
-    (``reference.pq_decode_fairseq``). Every other key is loaded with ``load_state_dict``.
-
-    Args:
-        model: the dense model (fresh instance of the architecture the checkpoint was trained with).
-        state_dict: the fairseq model state_dict (a full checkpoint dict with a ``"model"`` entry also works).
-        strict: raise on keys that match nothing / parameters left unset.
-        centroid_dtype: cast the centroids (e.g. ``torch.float16``); None keeps the checkpoint's dtype.
-
-    Returns:
-        The names of the layers imported as PQ layers.
-    """
-    if "model" in state_dict and isinstance(state_dict["model"], dict):
-        state_dict = state_dict["model"]
-    classes = _layer_classes()
-    layer_names = [k[: -len(".assignments")] for k in state_dict if k.endswith(".assignments")]
-    imported: list[str] = []
-    used: set[str] = set()
-    for raw in layer_names:
-        name = raw
-        if name.startswith("module.") and not hasattr(model, "module"):
-            name = name[len("module.") :]
-        try:
-            module = model.get_submodule(name)
-        except AttributeError:
-            raise ValueError(
-                f"from_fairseq_state_dict: the model has no module {name!r} for '{raw}.assignments'"
-            ) from None
-        if is_pq_layer(module):
-            module = module.to_dense()
-        dense_cls = next((c for c in classes if type(module) is c), None)
-        if dense_cls is None:
-            raise ValueError(
-                f"from_fairseq_state_dict: {name!r} is a {type(module).__name__}, not a Linear/Embedding/Conv2d"
-            )
-        centroids = _lookup(state_dict, raw, "centroids")
-        assignments = state_dict[f"{raw}.assignments"]
-        if centroids is None or centroids.dim() != 2:
-            raise ValueError(f"from_fairseq_state_dict: '{raw}.centroids' must be a [K, block_size] tensor")
-        n_centroids, block_size = centroids.shape
-        out, row = _weight_row(module)
-        if row % block_size != 0:
-            raise ValueError(
-                f"from_fairseq_state_dict: {name!r}: block size {block_size} (centroids {tuple(centroids.shape)}) "
-                f"does not divide the row length {row} of weight {tuple(module.weight.shape)}"
-            )
-        codes = codes_from_fairseq(assignments, n_centroids, out, row, block_size, name)
-        bias = None
-        if getattr(module, "bias", None) is not None:
-            bias = state_dict.get(f"{raw}.bias")
-            if bias is None:
-                raise ValueError(f"from_fairseq_state_dict: '{raw}.bias' is missing for a layer with a bias")
-            bias = bias.detach().clone().to(module.bias.dtype)
-            used.add(f"{raw}.bias")
-        centroids = centroids.detach().clone()
-        if centroid_dtype is not None:
-            centroids = centroids.to(centroid_dtype)
-        layer = build_pq_layer(classes[dense_cls], layer_config(module), centroids, codes, bias)
-        replace_module(model, name, layer.to(module.weight.device))
-        imported.append(name)
-        used.update({f"{raw}.centroids", f"{raw}.assignments", f"{raw}.counts"})
-    rest = {k: v for k, v in state_dict.items() if k not in used}
-    _load_rest(model, rest, imported, strict, "from_fairseq_state_dict")
-    return imported

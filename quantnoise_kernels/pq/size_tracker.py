@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from .registry import is_pq_layer
+
 __all__ = ["SizeTracker", "HeldBytes", "held_bytes"]
 
 _MB = 1024 * 1024
@@ -33,11 +35,6 @@ class HeldBytes:
         return self.codes + self.centroids + self.other
 
 
-def _is_pq_layer(module: nn.Module) -> bool:
-    # Duck-typed so this file does not depend on the layer classes: the agreed PQ layer interface.
-    return hasattr(module, "interchange_codes") and isinstance(getattr(module, "centroids", None), Tensor)
-
-
 def _key(t: Tensor) -> tuple:
     return (t.device.type, t.data_ptr(), t.numel(), t.dtype)
 
@@ -45,7 +42,7 @@ def _key(t: Tensor) -> tuple:
 def held_bytes(model: nn.Module) -> HeldBytes:
     """Bytes of every parameter and buffer of ``model``, each tensor counted once, split into buckets.
 
-    Within a PQ layer (anything with ``interchange_codes()`` and ``centroids``) the ``centroids`` count as
+    Within a PQ layer the ``centroids`` count as
     centroids, its ``bias`` as other, and its remaining buffers (the codes, in whatever layout the layer
     stores them) as codes.
     """
@@ -62,7 +59,7 @@ def held_bytes(model: nn.Module) -> HeldBytes:
         buckets[bucket] += t.numel() * t.element_size()
 
     for module in model.modules():
-        if _is_pq_layer(module):
+        if is_pq_layer(module):
             add(module.centroids, "centroids")
             for buf in module.buffers(recurse=False):
                 add(buf, "codes")
