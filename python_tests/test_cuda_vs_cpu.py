@@ -13,7 +13,7 @@ from emu import cuda_emulation, ops_with_cuda_kernels
 from quantnoise_kernels import ops
 
 
-def _block_noise_cases(device: str) -> list[tuple[str, Callable[[str], object]]]:
+def _block_noise_cases() -> list[tuple[str, Callable[[str], object]]]:
     cases = []
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         w = torch.randn(129, 72, dtype=dtype)
@@ -28,18 +28,18 @@ def _block_noise_cases(device: str) -> list[tuple[str, Callable[[str], object]]]
     return cases
 
 
-def _noisy_linear_cases(device: str) -> list[tuple[str, Callable[[str], object]]]:
+def _noisy_linear_cases() -> list[tuple[str, Callable[[str], object]]]:
     x, w, b = torch.randn(5, 7, 64), torch.randn(48, 64), torch.randn(48)
     return [("forward", lambda d: ops.noisy_linear(x.to(d), w.to(d), b.to(d), 0.25, 8, 41, offset=1))]
 
 
-def _noisy_linear_backward_input_cases(device: str) -> list[tuple[str, Callable[[str], object]]]:
+def _noisy_linear_backward_input_cases() -> list[tuple[str, Callable[[str], object]]]:
     g, w = torch.randn(5, 7, 48), torch.randn(48, 64)
     op = torch.ops.quantnoise.noisy_linear_backward_input
     return [("grad input", lambda d: op(g.to(d), w.to(d), torch.tensor(41), 0.25, 8, 1, True))]
 
 
-def _kmeans_assign_cases(device: str) -> list[tuple[str, Callable[[str], object]]]:
+def _kmeans_assign_cases() -> list[tuple[str, Callable[[str], object]]]:
     cases = []
     for b, n, k, d in ((1, 300, 16, 8), (3, 257, 100, 5), (2, 40, 700, 33)):
         x, c = torch.randn(b, n, d), torch.randn(b, k, d)
@@ -47,13 +47,13 @@ def _kmeans_assign_cases(device: str) -> list[tuple[str, Callable[[str], object]
     return cases
 
 
-def _kmeans_update_cases(device: str) -> list[tuple[str, Callable[[str], object]]]:
+def _kmeans_update_cases() -> list[tuple[str, Callable[[str], object]]]:
     x, codes = torch.randn(2, 500, 8), torch.randint(0, 20, (2, 500))
     return [("B=2 N=500 K=20 D=8", lambda dev: ops.kmeans_update(x.to(dev), codes.to(dev), 20))]
 
 
 def _pq_cases(op: str):
-    def cases(device: str) -> list[tuple[str, Callable[[str], object]]]:
+    def cases() -> list[tuple[str, Callable[[str], object]]]:
         out_f, in_f, bs, k = 48, 64, 8, 256
         codes = torch.randint(0, k, (out_f, in_f // bs), dtype=torch.uint8)
         c = torch.randn(k, bs)
@@ -71,7 +71,7 @@ def _pq_cases(op: str):
 
 
 # op name -> cases; each case maps a device to the op's output(s) on inputs built once on the CPU.
-CASES: dict[str, Callable[[str], list[tuple[str, Callable[[str], object]]]]] = {
+CASES: dict[str, Callable[[], list[tuple[str, Callable[[str], object]]]]] = {
     "block_noise": _block_noise_cases,
     "noisy_linear": _noisy_linear_cases,
     "noisy_linear_backward_input": _noisy_linear_backward_input_cases,
@@ -108,7 +108,7 @@ TARGETS = [pytest.param(d, marks=pytest.mark.cuda) if d == "cuda" else d for d i
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("op", sorted(CASES))
 def test_cuda_op_matches_cpu_op(target, op):
-    for name, run in CASES[op]("cpu"):
+    for name, run in CASES[op]():
         expected = run("cpu")
         if target == "cuda":
             assert torch._C._dispatch_has_kernel_for_dispatch_key(f"quantnoise::{op}", "CUDA")

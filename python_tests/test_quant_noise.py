@@ -134,7 +134,11 @@ def test_torch_compile_fullgraph():
     x = torch.randn(4, 32)
     out = compiled(x)
     out.sum().backward()
-    assert out.shape == (4, 16) and layer.weight.grad is not None
+    assert out.shape == (4, 16)
+    # straight-through: grad W = s * g^T x with g = 1, whatever the mask; grad b = g.sum(0)
+    expected = torch.ones(4, 16).t().mm(x) / (1 - P)
+    torch.testing.assert_close(layer.weight.grad, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.bias.grad, torch.full((16,), 4.0))
     layer.eval()
     torch.testing.assert_close(compiled(x), F.linear(x, layer.weight, layer.bias))
 

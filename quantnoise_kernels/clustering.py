@@ -7,7 +7,7 @@ per-cluster sums and counts are all-reduced, so every rank ends with the same ce
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -19,6 +19,8 @@ from . import ops
 from ._blocks import MAX_CENTROIDS, SEED_HIGH
 
 __all__ = ["KMeansResult", "kmeans", "MAX_CENTROIDS"]
+
+logger = logging.getLogger(__name__)
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -205,7 +207,8 @@ def kmeans(
             makes runs repeatable) and rank 0's is used on every rank.
         seed: make the run deterministic (same result on every call and device).
         process_group: ``torch.distributed`` group; every rank must call with the same arguments.
-        verbose: print progress (objective, empty clusters, time) to stderr, on rank 0.
+        verbose: log progress (objective, empty clusters, time) at INFO level to the
+            ``quantnoise_kernels.clustering`` logger, on rank 0.
         eps: relative size of the perturbation that splits a cluster (fairseq's ``eps``).
         max_tentatives: split-and-reassign passes after the last iteration while clusters are empty.
 
@@ -213,75 +216,111 @@ def kmeans(
         :class:`KMeansResult` with ``centroids`` fp32, ``codes`` int64, ``objective`` list, ``n_empty``.
     """
     _check_input(x, n_centroids, n_iter, init)
-    squeeze = x.dim() == 2
-    xb = x.unsqueeze(0) if squeeze else x
-    if xb.dtype == torch.float64:
-        xb = xb.float()
-    xb = xb.contiguous()
-    batch, n_local, dim = xb.shape
+    xb = x.unsqueeze(0) if x.dim() == 2 else x
+    xb = (xb.float() if xb.dtype == torch.float64 else xb).contiguous()
     comm = _Comm(process_group, xb.device)
-    sizes = comm.gather(torch.tensor([n_local], dtype=torch.int64, device=xb.device))[:, 0].tolist()
+    sizes = comm.gather(torch.tensor([xb.shape[1]], dtype=torch.int64, device=xb.device))[:, 0].tolist()
     offset, n_total = sum(sizes[: comm.rank]), sum(sizes)
-    k = n_centroids
-    if k > n_total:
-        raise ValueError(f"kmeans: n_centroids must be at most the number of vectors N={n_total}, got {k}")
+    if n_centroids > n_total:
+        raise ValueError(f"kmeans: n_centroids must be at most the number of vectors N={n_total}, got {n_centroids}")
     if seed is not None:
         gen = torch.Generator().manual_seed(int(seed))
     elif generator is not None:
         gen = generator
     else:
         gen = torch.Generator().manual_seed(comm.broadcast_int(int(torch.randint(0, SEED_HIGH, ()))))
-
-    start = time.perf_counter()
-    log = verbose and comm.rank == 0
-
-    def report(message: str) -> None:
-        if log:
-            print(f"kmeans [{time.perf_counter() - start:7.2f}s] {message}", file=sys.stderr, flush=True)
+    progress = _Progress(verbose and comm.rank == 0)
 
     if init == "random":
-        idx = torch.randint(0, n_total, (batch, k), generator=gen).to(xb.device)
+        idx = torch.randint(0, n_total, (xb.shape[0], n_centroids), generator=gen).to(xb.device)
         centroids = _rows(xb, idx, offset, comm)
     else:
-        centroids = _init_kmeanspp(xb, k, n_total, offset, gen, comm)
-
-    objective: list[float] = []
-    codes, dist = ops.kmeans_assign(xb, centroids)
-    objective.append(_objective(dist, comm))
-    for it in range(n_iter):
-        sums, counts = ops.kmeans_update(xb, codes, k)
-        comm.sum_(sums)
-        comm.sum_(counts)
-        filled = counts > 0
-        centroids = torch.where(filled[..., None], sums / counts.clamp(min=1)[..., None].float(), centroids)
-        n_repaired = _repair_empty(centroids, counts, eps, gen)
-        codes, dist = ops.kmeans_assign(xb, centroids)
-        objective.append(_objective(dist, comm))
-        report(f"iteration {it + 1}/{n_iter}: objective {objective[-1]:.6g}, {n_repaired} empty clusters split")
-        prev = objective[-2]
-        if tol is not None and n_repaired == 0 and abs(prev - objective[-1]) <= tol * abs(prev):
-            report(f"converged: relative change below tol={tol}")
-            break
-
-    counts = _counts(codes, k, comm)
-    for attempt in range(max_tentatives if n_iter > 0 else 0):
-        if not bool((counts == 0).any()):
-            break
-        n_repaired = _repair_empty(centroids, counts, eps, gen)
-        codes, dist = ops.kmeans_assign(xb, centroids)
-        objective.append(_objective(dist, comm))
-        counts = _counts(codes, k, comm)
-        report(f"repair pass {attempt + 1}: split {n_repaired} empty clusters")
+        centroids = _init_kmeanspp(xb, n_centroids, n_total, offset, gen, comm)
+    run = _Lloyd(xb, centroids, comm, gen, eps, progress)
+    run.iterate(n_iter, tol)
+    counts = run.repair(max_tentatives if n_iter > 0 else 0)
     n_empty = int((counts == 0).sum())
     if n_empty:
         warnings.warn(
-            f"kmeans: {n_empty} of {batch * k} clusters are empty after {n_iter} iterations and "
+            f"kmeans: {n_empty} of {counts.numel()} clusters are empty after {n_iter} iterations and "
             f"{max_tentatives} repair passes (too few distinct vectors?)",
             stacklevel=2,
         )
-    if squeeze:
-        return KMeansResult(centroids[0], codes[0], objective, n_empty)
-    return KMeansResult(centroids, codes, objective, n_empty)
+    if x.dim() == 2:
+        return KMeansResult(run.centroids[0], run.codes[0], run.objective, n_empty)
+    return KMeansResult(run.centroids, run.codes, run.objective, n_empty)
+
+
+class _Progress:
+    """Progress lines of a verbose run: INFO records of the ``quantnoise_kernels.clustering`` logger, with the
+    time. ``verbose=True`` is a request to see them: while a line is logged the logger is enabled for INFO and,
+    where the application configured no logging handler at all, a stderr handler shows it."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.start = enabled, time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if not self.enabled:
+            return
+        level, handler = logger.level, None
+        if not logger.isEnabledFor(logging.INFO):
+            logger.setLevel(logging.INFO)
+        if not logger.hasHandlers():
+            handler = logging.StreamHandler()  # the current sys.stderr
+            logger.addHandler(handler)
+        try:
+            logger.info("kmeans [%7.2fs] %s", time.perf_counter() - self.start, message)
+        finally:
+            logger.setLevel(level)
+            if handler is not None:
+                logger.removeHandler(handler)
+
+
+class _Lloyd:
+    """The state of one k-means run: Lloyd's EM iterations, then the final empty-cluster repairs."""
+
+    def __init__(
+        self, x: Tensor, centroids: Tensor, comm: _Comm, gen: torch.Generator, eps: float, progress: _Progress
+    ) -> None:
+        self.x, self.centroids, self.comm, self.gen, self.eps, self.progress = x, centroids, comm, gen, eps, progress
+        self.k = centroids.shape[1]
+        self.objective: list[float] = []
+        self._assign()
+
+    def _assign(self) -> None:
+        self.codes, dist = ops.kmeans_assign(self.x, self.centroids)
+        self.objective.append(_objective(dist, self.comm))
+
+    def iterate(self, n_iter: int, tol: float | None) -> None:
+        """``n_iter`` EM iterations (fewer when the objective moves by less than ``tol`` relative)."""
+        for it in range(n_iter):
+            sums, counts = ops.kmeans_update(self.x, self.codes, self.k)
+            self.comm.sum_(sums)
+            self.comm.sum_(counts)
+            filled = counts > 0
+            means = sums / counts.clamp(min=1)[..., None].float()
+            self.centroids = torch.where(filled[..., None], means, self.centroids)
+            n_repaired = _repair_empty(self.centroids, counts, self.eps, self.gen)
+            self._assign()
+            self.progress(
+                f"iteration {it + 1}/{n_iter}: objective {self.objective[-1]:.6g}, {n_repaired} empty clusters split"
+            )
+            prev = self.objective[-2]
+            if tol is not None and n_repaired == 0 and abs(prev - self.objective[-1]) <= tol * abs(prev):
+                self.progress(f"converged: relative change below tol={tol}")
+                break
+
+    def repair(self, max_tentatives: int) -> Tensor:
+        """Split-and-reassign passes while clusters are empty; returns the final cluster sizes ``[B, K]``."""
+        counts = _counts(self.codes, self.k, self.comm)
+        for attempt in range(max_tentatives):
+            if not bool((counts == 0).any()):
+                break
+            n_repaired = _repair_empty(self.centroids, counts, self.eps, self.gen)
+            self._assign()
+            counts = _counts(self.codes, self.k, self.comm)
+            self.progress(f"repair pass {attempt + 1}: split {n_repaired} empty clusters")
+        return counts
 
 
 def _counts(codes: Tensor, k: int, comm: _Comm) -> Tensor:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._checks import check_kmeans_assign_args, check_kmeans_update_args
+
 __all__ = ["kmeans_assign", "kmeans_update"]
 
 
@@ -50,17 +52,14 @@ def kmeans_update(x: Tensor, codes: Tensor, n_centroids: int) -> tuple[Tensor, T
 
 @torch.library.register_fake("quantnoise::kmeans_assign")
 def _kmeans_assign_fake(x, centroids):
-    torch._check(x.dim() == 3, lambda: f"quantnoise::kmeans_assign: x must be [B, N, D], got {tuple(x.shape)}")
-    torch._check(
-        centroids.dim() == 3, lambda: f"quantnoise::kmeans_assign: centroids must be [B, K, D], got {centroids.shape}"
-    )
+    check_kmeans_assign_args(x, centroids)
     batch, n = x.shape[0], x.shape[1]
     return x.new_empty((batch, n), dtype=torch.int64), x.new_empty((batch, n), dtype=torch.float32)
 
 
 @torch.library.register_fake("quantnoise::kmeans_update")
 def _kmeans_update_fake(x, codes, n_centroids):
-    torch._check(x.dim() == 3, lambda: f"quantnoise::kmeans_update: x must be [B, N, D], got {tuple(x.shape)}")
+    check_kmeans_update_args(x, codes, n_centroids)
     batch, dim = x.shape[0], x.shape[2]
     return (
         x.new_empty((batch, n_centroids, dim), dtype=torch.float32),

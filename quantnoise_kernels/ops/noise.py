@@ -9,6 +9,12 @@ import torch
 from torch import Tensor
 
 from .._blocks import SEED_HIGH
+from ._checks import (
+    check_block_noise_args,
+    check_block_noise_centroids,
+    check_noisy_linear_args,
+    check_noisy_linear_backward_args,
+)
 
 __all__ = ["draw_seed", "block_noise", "noisy_linear"]
 
@@ -21,10 +27,13 @@ def draw_seed(generator: torch.Generator | None = None) -> Tensor:
     return torch.randint(0, SEED_HIGH, (), dtype=torch.int64, generator=generator)
 
 
-def _as_seed(seed: int | Tensor) -> Tensor:
-    if isinstance(seed, Tensor):
-        return seed
-    return torch.tensor(seed, dtype=torch.int64)
+def _noise_args(seed, p, block_size, offset, rescale, straight_through) -> tuple:
+    """``(seed, p, block_size, offset, rescale, straight_through)`` as the schemas take them (a seed tensor).
+
+    The wrappers' positional order ``(p, block_size, seed)`` is the documented one (fairseq's ``quant_noise``
+    order); the schemas take the seed first. Everything after ``seed`` is keyword-only."""
+    seed = seed if isinstance(seed, Tensor) else torch.tensor(seed, dtype=torch.int64)
+    return seed, float(p), int(block_size), int(offset), bool(rescale), bool(straight_through)
 
 
 def block_noise(
@@ -64,27 +73,16 @@ def block_noise(
     Returns:
         A new contiguous tensor of ``weight``'s shape and dtype.
     """
-    return torch.ops.quantnoise.block_noise.default(
-        weight,
-        _as_seed(seed),
-        float(p),
-        int(block_size),
-        int(offset),
-        bool(rescale),
-        bool(straight_through),
-        noise,
-        centroids,
-    )
+    args = _noise_args(seed, p, block_size, offset, rescale, straight_through)
+    return torch.ops.quantnoise.block_noise.default(weight, *args, noise, centroids)
 
 
 @torch.library.register_fake("quantnoise::block_noise")
 def _block_noise_fake(
     weight, seed, p, block_size, offset=0, rescale=True, straight_through=True, noise="drop", centroids=None
 ):
-    torch._check(
-        weight.dim() >= 2, lambda: f"quantnoise::block_noise: weight must be >= 2-D, got {tuple(weight.shape)}"
-    )
-    torch._check(block_size > 0, lambda: f"quantnoise::block_noise: block_size must be positive, got {block_size}")
+    check_block_noise_args(weight, seed, p, block_size, rescale, noise)
+    check_block_noise_centroids(weight, block_size, noise, centroids)
     return torch.empty_like(weight, memory_format=torch.contiguous_format)
 
 
@@ -139,31 +137,19 @@ def noisy_linear(
     Returns:
         ``[..., out]``.
     """
-    return torch.ops.quantnoise.noisy_linear.default(
-        input,
-        weight,
-        bias,
-        _as_seed(seed),
-        float(p),
-        int(block_size),
-        int(offset),
-        bool(rescale),
-        bool(straight_through),
-    )
+    args = _noise_args(seed, p, block_size, offset, rescale, straight_through)
+    return torch.ops.quantnoise.noisy_linear.default(input, weight, bias, *args)
 
 
 @torch.library.register_fake("quantnoise::noisy_linear")
 def _noisy_linear_fake(input, weight, bias, seed, p, block_size, offset=0, rescale=True, straight_through=True):
-    torch._check(weight.dim() == 2, lambda: f"quantnoise::noisy_linear: weight must be [out, in], got {weight.shape}")
-    torch._check(
-        input.shape[-1] == weight.shape[1],
-        lambda: f"quantnoise::noisy_linear: input must have shape [..., {weight.shape[1]}], got {tuple(input.shape)}",
-    )
+    check_noisy_linear_args(input, weight, bias, seed, p, block_size, rescale)
     return input.new_empty((*input.shape[:-1], weight.shape[0]))
 
 
 @torch.library.register_fake("quantnoise::noisy_linear_backward_input")
 def _noisy_linear_backward_input_fake(grad_output, weight, seed, p, block_size, offset=0, rescale=True):
+    check_noisy_linear_backward_args(grad_output, weight, seed, p, block_size, rescale)
     return grad_output.new_empty((*grad_output.shape[:-1], weight.shape[1]))
 
 

@@ -5,6 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._checks import (
+    check_pq_codebook_args,
+    check_pq_decode_shape,
+    check_pq_embedding_indices,
+    check_pq_linear_args,
+    check_pq_out_dtype,
+)
+
 __all__ = ["pq_pack_codes", "pq_unpack_codes", "pq_decode", "pq_linear", "pq_embedding"]
 
 
@@ -135,17 +143,15 @@ def _pq_dims(codes, centroids, codes_transposed):
     return out, n_blocks, centroids.shape[0], centroids.shape[1]
 
 
-def _pq_out_dtype(centroids, out_dtype):
-    if out_dtype is not None:
-        return out_dtype
-    return torch.float32 if centroids.dtype == torch.int8 else centroids.dtype
-
-
 @torch.library.register_fake("quantnoise::pq_decode")
 def _pq_decode_fake(
     codes, centroids, shape, centroid_scale=None, centroid_zero_point=None, codes_transposed=False, out_dtype=None
 ):
-    return codes.new_empty(shape, dtype=_pq_out_dtype(centroids, out_dtype))
+    dims = check_pq_codebook_args(
+        "pq_decode", codes, centroids, centroid_scale, centroid_zero_point, codes_transposed, codes.device
+    )
+    check_pq_decode_shape(dims, shape)
+    return codes.new_empty(shape, dtype=check_pq_out_dtype("pq_decode", centroids, out_dtype))
 
 
 @torch.library.register_fake("quantnoise::pq_linear")
@@ -161,39 +167,47 @@ def _pq_linear_fake(
     act_granularity="tensor",
     path="auto",
 ):
-    out, n_blocks, _, block_size = _pq_dims(codes, centroids, codes_transposed)
-    torch._check(
-        x.shape[-1] == n_blocks * block_size,
-        lambda: f"quantnoise::pq_linear: x must have in_features = {n_blocks * block_size}, got {tuple(x.shape)}",
+    dims = check_pq_codebook_args(
+        "pq_linear", codes, centroids, centroid_scale, centroid_zero_point, codes_transposed, x.device
     )
-    return x.new_empty((*x.shape[:-1], out))
+    check_pq_linear_args(x, dims, bias, act_bits, act_granularity, path)
+    return x.new_empty((*x.shape[:-1], dims[0]))
 
 
 @torch.library.register_fake("quantnoise::pq_embedding")
 def _pq_embedding_fake(indices, codes, centroids, centroid_scale=None, centroid_zero_point=None, out_dtype=None):
-    return centroids.new_empty(
-        (*indices.shape, codes.shape[1] * centroids.shape[1]), dtype=_pq_out_dtype(centroids, out_dtype)
-    )
+    check_pq_codebook_args("pq_embedding", codes, centroids, centroid_scale, centroid_zero_point, False, indices.device)
+    check_pq_embedding_indices(indices)
+    dtype = check_pq_out_dtype("pq_embedding", centroids, out_dtype)
+    return centroids.new_empty((*indices.shape, codes.shape[1] * centroids.shape[1]), dtype=dtype)
 
 
 def _interchange(codes: Tensor, codes_transposed: bool) -> Tensor:
     return codes.t() if codes_transposed else codes
 
 
-def _centroid_grad(grad_blocks: Tensor, codes: Tensor, centroids: Tensor) -> Tensor:
-    """Per-centroid sum of the block gradients ``grad_blocks[n_blocks_total, bs]`` (codes flattened alike).
-
-    Empty clusters get exactly 0 (a sum, never a division)."""
-    grad = torch.zeros(centroids.shape, dtype=grad_blocks.dtype, device=grad_blocks.device)
+def _centroid_grad(grad_blocks: Tensor, codes: Tensor, shape: torch.Size, dtype: torch.dtype) -> Tensor:
+    """Per-centroid sum of the block gradients ``grad_blocks[n_blocks_total, bs]`` (codes flattened alike),
+    as a ``shape`` (``[K, bs]``) tensor of ``dtype``. Empty clusters get exactly 0 (a sum, never a division)."""
+    grad = torch.zeros(shape, dtype=grad_blocks.dtype, device=grad_blocks.device)
     grad.index_add_(0, codes.reshape(-1).long(), grad_blocks)
-    return grad.to(centroids.dtype)
+    return grad.to(dtype)
 
 
 def _act_fake_quant(x: Tensor, bits: int, granularity: str) -> Tensor:
-    """The fake-quant the kernel fuses (reference.act_fake_quant), for the centroid gradient."""
-    from ..reference import act_fake_quant
+    """The activation fake-quant the pq_linear kernels fuse, for the centroid gradient: ``x [rows, in]``.
 
-    return act_fake_quant(x, bits, granularity)
+    The float32 operations of ``make_affine_grid`` / ``fake_quant_affine`` (csrc/include/quantnoise/pq.h) in
+    their order: range widened to hold 0, ``scale = (hi - lo) / qmax`` (1 if 0), ``zp = rint(-lo / scale)``
+    clamped, then ``(clamp(rint(x / scale) + zp) - zp) * scale``.
+    """
+    x32 = x.float()
+    lo, hi = torch.aminmax(x32, dim=-1, keepdim=True) if granularity == "token" else torch.aminmax(x32)
+    qmax = float((1 << bits) - 1)
+    scale = (hi.clamp(min=0) - lo.clamp(max=0)) / qmax
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zero_point = torch.round(-lo.clamp(max=0) / scale).clamp(0, qmax)
+    return ((torch.round(x32 / scale) + zero_point).clamp(0, qmax).sub(zero_point) * scale).to(x.dtype)
 
 
 def _pq_linear_setup_context(ctx, inputs, output):
@@ -231,7 +245,8 @@ def _pq_linear_backward(ctx, grad: Tensor):
         if act_bits > 0:
             xq = _act_fake_quant(xq, act_bits, granularity)
         grad_w = g2.t() @ xq  # [out, in]
-        grad_c = _centroid_grad(grad_w.reshape(-1, block_size), _interchange(codes, transposed), centroids)
+        codes_ = _interchange(codes, transposed)
+        grad_c = _centroid_grad(grad_w.reshape(-1, block_size), codes_, centroids.shape, centroids.dtype)
     if has_bias and ctx.needs_input_grad[3]:
         grad_b = g2.sum(0)
     return grad_x, None, grad_c, grad_b, None, None, None, None, None, None
@@ -252,10 +267,8 @@ def _pq_decode_backward(ctx, grad: Tensor):
     (codes,) = ctx.saved_tensors
     grad_c = None
     if ctx.c_dtype != torch.int8 and ctx.needs_input_grad[1]:
-        bs = ctx.c_shape[1]
-        grad_c = torch.zeros(ctx.c_shape, dtype=grad.dtype, device=grad.device)
-        grad_c.index_add_(0, _interchange(codes, ctx.transposed).reshape(-1).long(), grad.reshape(-1, bs))
-        grad_c = grad_c.to(ctx.c_dtype)
+        codes = _interchange(codes, ctx.transposed)
+        grad_c = _centroid_grad(grad.reshape(-1, ctx.c_shape[1]), codes, ctx.c_shape, ctx.c_dtype)
     return None, grad_c, None, None, None, None, None
 
 
@@ -273,11 +286,8 @@ def _pq_embedding_backward(ctx, grad: Tensor):
     indices, codes = ctx.saved_tensors
     grad_c = None
     if ctx.c_dtype != torch.int8 and ctx.needs_input_grad[2]:
-        bs = ctx.c_shape[1]
         rows = codes.index_select(0, indices.reshape(-1).long())  # [N, n_blocks]
-        grad_c = torch.zeros(ctx.c_shape, dtype=grad.dtype, device=grad.device)
-        grad_c.index_add_(0, rows.reshape(-1).long(), grad.reshape(-1, bs))
-        grad_c = grad_c.to(ctx.c_dtype)
+        grad_c = _centroid_grad(grad.reshape(-1, ctx.c_shape[1]), rows, ctx.c_shape, ctx.c_dtype)
     return None, None, grad_c, None, None, None
 
 

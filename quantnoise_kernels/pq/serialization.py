@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._blocks import row_length
+from .._blocks import UINT8_MAX_CENTROIDS, row_length
 from ._model import device_of, load_remaining_state, replace_module, share_storage, state_outside
 from .fairseq import from_fairseq_state_dict
 from .registry import is_pq_layer, pq_class_by_dense_name
@@ -48,11 +48,9 @@ def _compact(t: Tensor) -> Tensor:
 
 def _codes_for_file(codes: Tensor, n_centroids: int) -> Tensor:
     """The file's codes dtype: the smallest integer type holding every code (uint8, int16, int32)."""
-    if n_centroids <= 256:
+    if n_centroids <= UINT8_MAX_CENTROIDS:
         return codes.to(torch.uint8)
-    if n_centroids <= 32768:
-        return codes.to(torch.int16)
-    return codes.to(torch.int32)
+    return codes.to(torch.int16 if n_centroids <= 2**15 else torch.int32)
 
 
 def _layer_entry(name: str, module: nn.Module, centroid_owner: dict[int, str]) -> dict[str, Any]:

@@ -47,6 +47,11 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+def _constructor_args(config: dict[str, Any]) -> dict[str, Any]:
+    """A config as constructor arguments: lists (as files store them) become tuples."""
+    return {key: tuple(v) if isinstance(v, list) else v for key, v in config.items()}
+
+
 def _is_default(value: Any, default: Any) -> bool:
     if isinstance(value, tuple) and not isinstance(default, tuple):
         return all(v == default for v in value)  # stride (1, 1) is the default stride 1
@@ -188,7 +193,7 @@ class PQLayer(nn.Module):
         unknown = sorted(set(config) - set(cls._LAYER_ARGS))
         if unknown:
             raise ValueError(f"{cls.__name__}: config has unknown keys {unknown}; expected {list(cls._LAYER_ARGS)}")
-        args = {key: tuple(v) if isinstance(v, list) else v for key, v in config.items()}
+        args = _constructor_args(config)
         if cls._HAS_BIAS:
             args["bias"] = bias
         elif bias is not None:
@@ -250,7 +255,7 @@ class PQLayer(nn.Module):
     def to_dense(self) -> nn.Module:
         """The ``_FLOAT_MODULE`` holding the decoded weight (float32 for half centroids) and the bias."""
         weight = self._dense_weight()
-        args = {key: tuple(v) if isinstance(v, list) else v for key, v in self.config().items()}
+        args = _constructor_args(self.config())
         if self._HAS_BIAS:
             args["bias"] = self.bias is not None
         dense = torch.nn.utils.skip_init(self._FLOAT_MODULE, **args, device=weight.device, dtype=weight.dtype)
