@@ -15,6 +15,7 @@ import torch
 
 import quantnoise_kernels
 
+
 def main() -> int:
     so = quantnoise_kernels._C.__file__
     print(f"torch {torch.__version__} (CUDA {torch.version.cuda}); extension {so}")
