@@ -50,3 +50,7 @@ __all__ = [
     "load_compressed",
     "from_fairseq_state_dict",
 ]
+
+from .distill import distill, finetune_centroids  # noqa: E402
+
+__all__ += ["finetune_centroids", "distill"]
