@@ -52,5 +52,6 @@ __all__ = [
 ]
 
 from .distill import distill, finetune_centroids  # noqa: E402
+from .staged import compress_staged, plan_stages  # noqa: E402
 
-__all__ += ["finetune_centroids", "distill"]
+__all__ += ["finetune_centroids", "distill", "compress_staged", "plan_stages"]
