@@ -8,11 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from tiny_bert import make_tiny_bert, tiny_sentences
 
-pytest.importorskip("transformers")
-
-from quantnoise_kernels import cli  # noqa: E402
-from tiny_bert import make_tiny_bert, tiny_sentences  # noqa: E402
+from quantnoise_kernels import cli
 
 CONFIG = r"""
 n_centroids:
@@ -115,7 +113,8 @@ def test_bad_input_one_line_error(files, tmp_path, capsys, case):
         config = tmp_path / "c.yaml"
         text = {
             "matches_nothing": "layers_to_quantize: [decoder\\.layers\\.\\d+\\.fc1]\n",
-            "not_a_layer": CONFIG.split("layers_to_quantize")[0] + "layers_to_quantize: [encoder\\.layer\\.0\\.attention]\n",
+            "not_a_layer": CONFIG.split("layers_to_quantize")[0]
+            + "layers_to_quantize: [encoder\\.layer\\.0\\.attention]\n",
             "bad_yaml_value": CONFIG.replace('"*": 16}}\n  Embedding', '"*": -3}}\n  Embedding'),
         }[case]
         config.write_text(text, encoding="utf-8")
