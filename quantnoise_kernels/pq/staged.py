@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -114,6 +115,7 @@ def compress_staged(
     centroid_dtype: torch.dtype = torch.float16,
     after_stage: Callable[[int, nn.Module], None] | None = None,
     progress: bool = True,
+    quantize_kwargs: dict[str, Any] | None = None,
 ) -> SizeTracker:
     """Quantize ``model`` in place with iPQ, stage by stage (fairseq's flow), showing progress per stage and layer.
 
@@ -127,6 +129,7 @@ def compress_staged(
         after_stage: called as ``after_stage(stage, model)`` after each non-empty stage (e.g. centroid
             finetuning by distillation, :func:`finetune_centroids`).
         progress: tqdm bars (stages, and layers within a stage).
+        quantize_kwargs: further keyword arguments of :func:`quantize_model_` (e.g. ``centroid_bits``).
 
     Returns:
         The size tracker (``str()`` prints the true bytes and fairseq's line).
@@ -154,6 +157,7 @@ def compress_staged(
                 verbose=False,
                 seed=seed + index,
                 centroid_dtype=centroid_dtype,
+                **(quantize_kwargs or {}),
             )
             index += 1
         if layers and after_stage is not None:
