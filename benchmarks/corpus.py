@@ -12,6 +12,7 @@ and ``tokenize`` (comments), and nothing depends on hashing or the file system's
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import os
 import random
@@ -83,8 +84,13 @@ def docstring_sentences(min_words: int = 6, max_words: int = 40) -> list[str]:
     """First sentences of the standard library's docstrings that read as English prose, deduplicated, shuffled.
 
     The order is a fixed shuffle (``random.Random(0)``) of the first-seen order, so any prefix is a sample
-    of the whole library rather than of its first modules.
+    of the whole library rather than of its first modules. Computed once per process (a fresh list each call).
     """
+    return list(_docstring_sentences(min_words, max_words))
+
+
+@functools.lru_cache(maxsize=4)
+def _docstring_sentences(min_words: int, max_words: int) -> tuple[str, ...]:
     seen: set[str] = set()
     out: list[str] = []
     for path in stdlib_files():
@@ -101,7 +107,7 @@ def docstring_sentences(min_words: int = 6, max_words: int = 40) -> list[str]:
                 seen.add(key)
                 out.append(sentence)
     random.Random(0).shuffle(out)
-    return out
+    return tuple(out)
 
 
 def _comments(source: str) -> Iterator[str]:

@@ -37,7 +37,8 @@ def fidelity(reference: torch.Tensor, model: nn.Module, batches: list[dict]) -> 
 
 def _inputs(batch: int, length: int, vocab: int) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(batch * 1000 + length)
-    ids = torch.randint(1000, vocab, (batch, length), generator=generator)  # past BERT's special tokens
+    low = 1000 if vocab > 2000 else 5  # past BERT's special tokens and unused slots
+    ids = torch.randint(low, vocab, (batch, length), generator=generator)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
