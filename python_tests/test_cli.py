@@ -80,7 +80,7 @@ def test_compressed_file_reloads_exactly(files, tmp_path):
     model, tokenizer = hf.load_encoder(files["model"])
     again = copy.deepcopy(model)
     names = pq.load_compressed(again, str(out))
-    assert len(names) == 13 and all(pq.pipeline.is_pq_layer(again.get_submodule(n)) for n in names)
+    assert len(names) == 13 and all(pq.is_pq_layer(again.get_submodule(n)) for n in names)
     # the same flow in process, same seed: identical codes, centroids and embeddings
     config = pq.load_config_yaml(files["config"])
     pq.compress_staged(model, config, seed=3, progress=False)

@@ -116,7 +116,7 @@ def _row(recipe, ctx, reference, held_batches, linears, dense_bytes, log) -> tup
     row["whole_ratio"] = dense_bytes["whole_bytes"] / row["whole_bytes"]
     row["linear_ratio"] = dense_bytes["linear_bytes"] / row["linear_bytes"]
     row.update(measure.fidelity(reference, model, held_batches))
-    row["pq_layers"] = sum(pq.pipeline.is_pq_layer(m) for m in model.modules())
+    row["pq_layers"] = sum(pq.is_pq_layer(m) for m in model.modules())
     log(
         f"  whole {row['whole_bytes'] / 1e6:.2f} MB ({row['whole_ratio']:.1f}x), Linear {row['linear_ratio']:.1f}x, "
         f"cosine {row['cosine_mean']:.4f} (p5 {row['cosine_p5']:.4f}), recall@10 {row['recall_at_10']:.3f}, "

@@ -17,12 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .pipeline import get_layers, get_param, is_pq_layer, quantize_model_
+from . import get_layers, get_param, is_pq_layer, quantize_model_  # public names (imported last by __init__)
 from .size_tracker import SizeTracker
 
 __all__ = ["LayerPlan", "plan_stages", "compress_staged"]
 
-_QUANTIZABLE = ("Linear", "Embedding", "Conv2d")
+_QUANTIZABLE = ("Linear", "Embedding", "Conv1d", "Conv2d")
 
 
 @dataclass(frozen=True)
