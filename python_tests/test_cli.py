@@ -173,3 +173,13 @@ def test_python_dash_m_entry_point(tmp_path):
     )
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "error:" in bad.stderr
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "option", [["--finetune-steps", "-1"], ["--n-iter", "0"], ["--lr", "0"], ["--batch-size", "0"]]
+)
+def test_usage_errors_exit_2(files, tmp_path, capsys, option):
+    with pytest.raises(SystemExit) as exc:
+        _compress(files, tmp_path / "o.qnk", *option)
+    assert exc.value.code == 2 and option[0] in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -225,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "batch_size", 1) < 1 or getattr(args, "max_length", 2) < 2:
         parser.error("--batch-size must be >= 1 and --max-length >= 2")
+    if getattr(args, "finetune_steps", 0) < 0 or getattr(args, "n_iter", 1) < 1 or getattr(args, "lr", 1.0) <= 0:
+        parser.error("--finetune-steps must be >= 0, --n-iter >= 1 and --lr > 0")
     try:
         return args.func(args)
     except KeyboardInterrupt:
