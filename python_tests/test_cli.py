@@ -10,6 +10,8 @@ import sys
 import pytest
 from tiny_bert import make_tiny_bert, tiny_sentences
 
+pytest.importorskip("transformers", reason="the CLI tests need transformers: pip install -r requirements-dev.txt")
+
 from quantnoise_kernels import cli
 
 CONFIG = r"""

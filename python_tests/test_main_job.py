@@ -38,6 +38,7 @@ def test_docstring_corpus_is_real_deterministic_english():
 
 
 def test_demo_end_to_end_on_a_tiny_bert(tmp_path, monkeypatch):
+    pytest.importorskip("transformers", reason="the demo needs transformers: pip install -r requirements-dev.txt")
     model_dir = make_tiny_bert(str(tmp_path / "bert"))
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY_YAML, encoding="utf-8")

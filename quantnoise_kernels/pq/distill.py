@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._progress import progress_bar
+
 __all__ = ["finetune_centroids", "distill", "default_output", "LOSSES"]
 
 LOSSES = ("mse", "cosine", "kl")
@@ -163,8 +165,6 @@ def distill(
             raise ValueError("distill: data yielded no batch")
     if cache_teacher is None:
         cache_teacher = isinstance(data, Sequence) and steps > len(data)
-    from tqdm.auto import tqdm
-
     was_training, teacher_training = student.training, teacher.training
     flags = [(p, p.requires_grad) for p in student.parameters()]
     for p, _ in flags:
@@ -177,7 +177,7 @@ def distill(
     cache: dict[int, Tensor] = {}
     losses: list[float] = []
     try:
-        bar = tqdm(_batches(data, steps), total=steps, desc=desc, disable=not progress, leave=False)
+        bar = progress_bar(_batches(data, steps), total=steps, desc=desc, disable=not progress, leave=False)
         for index, batch in bar:
             target = cache.get(index) if cache_teacher else None
             if target is None:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._progress import progress_bar
 from . import get_layers, get_param, is_pq_layer, quantize_model_  # public names (imported last by __init__)
 from .size_tracker import SizeTracker
 
@@ -137,13 +138,11 @@ def compress_staged(
     Raises:
         ValueError: see :func:`plan_stages`; raised before the model is changed.
     """
-    from tqdm.auto import tqdm
-
     plan = plan_stages(model, config)
     tracker = tracker if tracker is not None else SizeTracker(model)
     index = 0
-    for stage, layers in enumerate(tqdm(plan, desc="iPQ stages", disable=not progress)):
-        for layer in tqdm(layers, desc=f"stage {stage} layers", disable=not progress, leave=False):
+    for stage, layers in enumerate(progress_bar(plan, desc="iPQ stages", disable=not progress)):
+        for layer in progress_bar(layers, desc=f"stage {stage} layers", disable=not progress, leave=False):
             if is_pq_layer(model.get_submodule(layer.name)):
                 continue  # replaced with a layer it shares its weight with
             quantize_model_(
