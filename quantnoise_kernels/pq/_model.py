@@ -3,6 +3,8 @@ tied weights tied, load what is not quantized."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -10,6 +12,7 @@ from .registry import is_pq_layer
 
 __all__ = [
     "replace_module",
+    "replace_all",
     "share_storage",
     "weight_users",
     "owner_is_pq",
@@ -23,6 +26,25 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     """Set the sub-module at dotted path ``name`` to ``new``."""
     head, _, tail = name.rpartition(".")
     setattr(model.get_submodule(head) if head else model, tail, new)
+
+
+def replace_all(
+    model: nn.Module, replacements: list[tuple[str, nn.Module]], then: Callable[[], None] | None = None
+) -> None:
+    """Replace the modules at the paths of ``replacements``, then run ``then`` (e.g. loading the remaining state):
+    all or none. If a replacement or ``then`` fails, the modules replaced are put back and the error is raised."""
+    done: list[tuple[str, nn.Module]] = []
+    try:
+        for path, new in replacements:
+            old = model.get_submodule(path)
+            replace_module(model, path, new)
+            done.append((path, old))
+        if then is not None:
+            then()
+    except BaseException:
+        for path, old in reversed(done):
+            replace_module(model, path, old)
+        raise
 
 
 def share_storage(dst: nn.Module, src: nn.Module) -> None:

@@ -89,12 +89,17 @@ def _fix_double_escapes(pattern: str) -> str:
     return _DOUBLE_ESCAPE.sub(r"\\", pattern)
 
 
+def _is_path(text: str) -> bool:
+    """A one-line string that is not a YAML mapping (``key: value`` or ``{...}``) names a file."""
+    return "\n" not in text and ": " not in text and not text.lstrip().startswith("{")
+
+
 def load_config_yaml(path_or_str: str | os.PathLike | dict | None = None, *, fix_double_escapes: bool = True) -> dict:
     """Read an iPQ configuration in fairseq's YAML format, filling fairseq's defaults.
 
     Args:
         path_or_str: a path to a YAML file, a YAML document as a string, an already parsed dict, or None
-            (the defaults).
+            (the defaults). A one-line string that is not a YAML mapping (no ``key: value``, no ``{``) is a path.
         fix_double_escapes: rewrite ``\\\\.`` / ``\\\\d`` (a doubled backslash, as written in fairseq's example
             YAML plain scalars) to ``\\.`` / ``\\d`` in ``layers_to_quantize``. Taken literally, the doubled form
             requires a backslash in the layer name and never matches; fairseq itself applies it literally.
@@ -106,6 +111,8 @@ def load_config_yaml(path_or_str: str | os.PathLike | dict | None = None, *, fix
     Raises:
         ValueError: unknown top-level keys, malformed entries, or invalid regexes (the message names them).
         ImportError: PyYAML is not installed and a path or string was given.
+        FileNotFoundError: the path does not exist.
+        TypeError: ``path_or_str`` is of another type.
     """
     if path_or_str is None:
         data: Any = {}
@@ -116,11 +123,17 @@ def load_config_yaml(path_or_str: str | os.PathLike | dict | None = None, *, fix
             import yaml
         except ImportError as error:  # pragma: no cover - pyyaml is in the test extras
             raise ImportError("load_config_yaml needs PyYAML: pip install pyyaml") from error
-        text = str(path_or_str)
-        if isinstance(path_or_str, os.PathLike) or ("\n" not in text and os.path.isfile(text)):
-            with open(path_or_str, encoding="utf-8") as handle:
+        if not isinstance(path_or_str, (str, os.PathLike)):
+            kind = type(path_or_str).__name__
+            raise TypeError(f"load_config_yaml: path_or_str must be a path, a YAML string, a dict or None, got {kind}")
+        text = os.fspath(path_or_str)
+        if isinstance(path_or_str, os.PathLike) or _is_path(text):
+            with open(path_or_str, encoding="utf-8") as handle:  # FileNotFoundError names the path
                 text = handle.read()
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ValueError(f"load_config_yaml: path_or_str is not valid YAML ({error})") from error
         if data is None:
             data = {}
     if not isinstance(data, dict):

@@ -17,9 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from .._blocks import check_block_size, codes_dtype
-from ._model import load_remaining_state, replace_module
+from ._checks import check_finite, check_state_fits
+from ._model import load_remaining_state, replace_all
 from .quantizer import from_fairseq_order
-from .registry import is_pq_layer, pq_class_for, pq_layer_classes
+from .registry import is_pq_layer, pq_class_for, why_not_quantizable
 
 __all__ = ["FairseqLayer", "codes_from_fairseq", "fairseq_prefix", "read_fairseq_layer", "from_fairseq_state_dict"]
 
@@ -68,8 +69,9 @@ def read_fairseq_layer(state_dict: dict[str, Any], prefix: str, module: nn.Modul
     centroids, assignments = state_dict.get(f"{prefix}.centroids"), state_dict.get(f"{prefix}.assignments")
     if centroids is None or assignments is None:
         raise ValueError(f"{where}: state_dict has no '{prefix}.centroids' / '{prefix}.assignments' entries")
-    if not isinstance(centroids, Tensor) or centroids.dim() != 2:
-        raise ValueError(f"{where}: '{prefix}.centroids' must be a [K, block_size] tensor")
+    if not isinstance(centroids, Tensor) or centroids.dim() != 2 or not centroids.is_floating_point():
+        raise ValueError(f"{where}: '{prefix}.centroids' must be a [K, block_size] tensor of floats")
+    check_finite(where, f"'{prefix}.centroids'", centroids)
     n_centroids, block_size = (int(s) for s in centroids.shape)
     shape = tuple(module.weight.shape)
     row = check_block_size(block_size, shape, f"{where}: '{prefix}.centroids' {tuple(centroids.shape)}")
@@ -80,6 +82,10 @@ def read_fairseq_layer(state_dict: dict[str, Any], prefix: str, module: nn.Modul
         bias = state_dict.get(f"{prefix}.bias")
         if not isinstance(bias, Tensor):
             raise ValueError(f"{where}: '{prefix}.bias' is missing for a layer with a bias")
+        if tuple(bias.shape) != tuple(module.bias.shape):
+            raise ValueError(
+                f"{where}: '{prefix}.bias' must have shape {tuple(module.bias.shape)}, got {tuple(bias.shape)}"
+            )
         bias = bias.detach().clone().to(module.bias.dtype)
         keys.append(f"{prefix}.bias")
     return FairseqLayer(centroids.detach().clone(), codes, bias, tuple(keys))
@@ -94,9 +100,18 @@ def _dense_module(model: nn.Module, name: str, prefix: str) -> nn.Module:
     if is_pq_layer(module):
         module = module.to_dense()
     if pq_class_for(module) is None:
-        names = "/".join(c.__name__ for c in pq_layer_classes())
-        raise ValueError(f"{where}: {name!r} is a {type(module).__name__}, not a {names}")
+        raise ValueError(f"{where}: {name!r} is {why_not_quantizable(module)}; it cannot hold a quantized layer")
     return module
+
+
+def _build(name: str, module: nn.Module, entry: FairseqLayer, centroid_dtype: torch.dtype | None) -> nn.Module:
+    pq_cls = pq_class_for(module)
+    centroids = entry.centroids if centroid_dtype is None else entry.centroids.to(centroid_dtype)
+    try:
+        layer = pq_cls.from_config(pq_cls.config_of(module), centroids, entry.codes, entry.bias)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"from_fairseq_state_dict: layer {name!r}: {error}") from error
+    return layer.to(module.weight.device)
 
 
 def from_fairseq_state_dict(
@@ -108,8 +123,10 @@ def from_fairseq_state_dict(
     ``n = j*out + o``) pair, the dense module at ``<name>`` becomes a PQ layer with those centroids (dtype kept,
     fp32 from fairseq, unless ``centroid_dtype``), codes in the interchange layout and ``<name>.bias``;
     ``<name>.counts`` is dropped (the layers recount). Its decoded weight equals fairseq's reconstruction
-    (``reference.pq_decode_fairseq``). Every other key is loaded with ``load_state_dict``. Every quantized
-    layer is read and checked before the model is changed.
+    (``reference.pq_decode_fairseq``). Every other key is loaded with ``load_state_dict``. All or nothing: every
+    quantized layer is read, checked (entries present, shapes, block size, codes in range, finite centroids) and
+    built, and the other keys are checked to load, before the model is changed; on any error the model is
+    exactly as it was.
 
     Args:
         model: the dense model (fresh instance of the architecture the checkpoint was trained with).
@@ -121,25 +138,35 @@ def from_fairseq_state_dict(
         The names of the layers imported as PQ layers.
 
     Raises:
-        ValueError: a quantized entry names no quantizable module, or is missing or malformed.
+        TypeError: ``state_dict`` is not a dict.
+        ValueError: a quantized entry names no quantizable module, is missing or malformed, or another entry has
+            the wrong shape.
         RuntimeError: ``strict`` and the other keys do not match the model.
     """
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"from_fairseq_state_dict: state_dict must be a dict, got {type(state_dict).__name__}")
     if "model" in state_dict and isinstance(state_dict["model"], dict):
         state_dict = state_dict["model"]
-    layers = []
+    if centroid_dtype is not None and centroid_dtype not in (
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+    ):
+        raise TypeError(
+            f"from_fairseq_state_dict: centroid_dtype must be a float dtype or None, got {centroid_dtype!r}"
+        )
+    replacements, used = [], set()
     for prefix in [k[: -len(".assignments")] for k in state_dict if k.endswith(".assignments")]:
         name = prefix[len("module.") :] if prefix.startswith("module.") and not hasattr(model, "module") else prefix
         module = _dense_module(model, name, prefix)
         entry = read_fairseq_layer(state_dict, prefix, module, f"from_fairseq_state_dict: {name!r}")
-        layers.append((name, module, entry))
-    used: set[str] = set()
-    for name, module, entry in layers:  # everything is checked: now change the model
-        pq_cls = pq_class_for(module)
-        centroids = entry.centroids if centroid_dtype is None else entry.centroids.to(centroid_dtype)
-        layer = pq_cls.from_config(pq_cls.config_of(module), centroids, entry.codes, entry.bias)
-        replace_module(model, name, layer.to(module.weight.device))
+        replacements.append((name, _build(name, module, entry, centroid_dtype)))
         used.update(entry.keys)
-    names = [name for name, _, _ in layers]
+    names = [name for name, _ in replacements]
     rest = {k: v for k, v in state_dict.items() if k not in used}
-    load_remaining_state(model, rest, names, strict, "from_fairseq_state_dict")
+    check_state_fits("from_fairseq_state_dict", model, rest, names, strict)
+    replace_all(
+        model, replacements, lambda: load_remaining_state(model, rest, names, strict, "from_fairseq_state_dict")
+    )
     return names

@@ -26,14 +26,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 
 from .._blocks import check_block_size
-from ._model import owner_is_pq, replace_module, share_storage, weight_users
+from ._checks import FEWER_BLOCKS, check_finite, check_kmeans_args, check_n_centroids, fewer_blocks_rule
+from ._model import owner_is_pq, replace_all, replace_module, share_storage, weight_users
 from .config import normalize_param_config
 from .fairseq import FairseqLayer, fairseq_prefix, read_fairseq_layer
 from .layers import PQLayer
-from .registry import is_pq_layer, pq_class_for, pq_layer_classes
+from .registry import is_pq_layer, pq_class_for, pq_layer_classes, why_not_quantizable
 from .selection import get_layers, get_param, layer_names, stage_regex
 
 __all__ = [
@@ -63,6 +64,7 @@ class PlannedLayer:
     block_size: int
     n_centroids: int
     checkpoint: FairseqLayer | None = None  # n_iter=0 with a fairseq state_dict: the layer to build
+    exact: tuple[Tensor, Tensor] | None = None  # fewer blocks than K, fewer_blocks="reduce": (centroids, codes)
 
 
 @dataclass
@@ -93,8 +95,8 @@ def _quantizable(model: nn.Module, name: str, pattern: str) -> nn.Module | None:
         return None
     if pq_class_for(module) is None:
         raise ValueError(
-            f"quantize_model_: layer {name!r} (matched by {pattern!r}) is a {type(module).__name__}; only "
-            f"{_supported()} can be quantized (narrow the regex)"
+            f"quantize_model_: layer {name!r} (matched by {pattern!r}) is {why_not_quantizable(module)}; "
+            "it cannot be quantized (narrow the regex)"
         )
     return module
 
@@ -104,7 +106,7 @@ def _check_ties(model: nn.Module, name: str, users: list[tuple[str, nn.Module]])
     for path, other in users:
         if pq_class_for(other) is None:
             raise ValueError(
-                f"quantize_model_: the weight of {name!r} is tied to {path!r}, a {type(other).__name__}, "
+                f"quantize_model_: the weight of {name!r} is tied to {path!r}, {why_not_quantizable(other)}, "
                 "which cannot be quantized; untie it first"
             )
     weight = users[0][1].weight
@@ -117,6 +119,38 @@ def _check_ties(model: nn.Module, name: str, users: list[tuple[str, nn.Module]])
         )
 
 
+def _plan_layer(
+    model: nn.Module,
+    name: str,
+    index: int,
+    module: nn.Module,
+    users: list[tuple[str, nn.Module]],
+    configs: tuple[dict, dict],
+    fewer_blocks: str,
+    state_dict: dict | None,
+) -> PlannedLayer | None:
+    """Check one selected layer and plan its quantization (None: skipped under ``fewer_blocks="skip"``)."""
+    where = f"quantize_model_: layer {name!r}"
+    _check_ties(model, name, users)
+    block_size = get_param(module, name, configs[0])
+    n_centroids = check_n_centroids(where, get_param(module, name, configs[1]))
+    for path, other in users:
+        check_block_size(block_size, tuple(other.weight.shape), f"quantize_model_: layer {path!r}")
+    pq_cls = pq_class_for(module)
+    if state_dict is not None:
+        checkpoint = read_fairseq_layer(state_dict, fairseq_prefix(state_dict, name), module, where)
+        return PlannedLayer(name, index, module, pq_cls, users, block_size, n_centroids, checkpoint)
+    check_finite(where, "its weight", module.weight)
+    exact = fewer_blocks_rule(where, module.weight, block_size, n_centroids, fewer_blocks)
+    if exact is None:
+        return None
+    if exact is not False:
+        n_centroids = int(exact[0].shape[0])
+    layer = PlannedLayer(name, index, module, pq_cls, users, block_size, n_centroids)
+    layer.exact = exact or None
+    return layer
+
+
 def plan_quantization(
     model: nn.Module,
     layers_to_quantize: Sequence[str] | str,
@@ -126,20 +160,27 @@ def plan_quantization(
     *,
     remove_weights: bool = False,
     state_dict: dict | None = None,
+    fewer_blocks: str = "reduce",
 ) -> QuantizationPlan:
     """Select, check and group the layers of stage ``step`` (see :func:`quantize_model_`); the model is unchanged.
 
-    With ``state_dict`` (fairseq format), each layer's checkpoint entries are read and checked here too.
+    Every selected layer is checked here: its class (:func:`~.registry.pq_class_for`), ties, config entries, block
+    size, K, finite weights, and (with ``state_dict``, fairseq format) its checkpoint entries. Layers with fewer
+    blocks than K follow ``fewer_blocks`` (see :func:`quantize_model_`).
 
     Raises:
         as :func:`quantize_model_`.
     """
     if isinstance(layers_to_quantize, str):
         layers_to_quantize = [layers_to_quantize]
-    if not 0 <= step < len(layers_to_quantize):
-        raise IndexError(f"quantize_model_: step must be in [0, {len(layers_to_quantize)}), got {step}")
-    block_sizes_config = normalize_param_config(block_sizes_config, "block_sizes_config")
-    n_centroids_config = normalize_param_config(n_centroids_config, "n_centroids_config")
+    if not isinstance(step, int) or not 0 <= step < len(layers_to_quantize):
+        raise IndexError(f"quantize_model_: step must be in [0, {len(layers_to_quantize)}), got {step!r}")
+    if fewer_blocks not in FEWER_BLOCKS:
+        raise ValueError(f"quantize_model_: fewer_blocks must be one of {FEWER_BLOCKS}, got {fewer_blocks!r}")
+    configs = (
+        normalize_param_config(block_sizes_config, "block_sizes_config"),
+        normalize_param_config(n_centroids_config, "n_centroids_config"),
+    )
     pattern = layers_to_quantize[step]
     regex = stage_regex(pattern)
     matched = [n for n in layer_names(model, remove_weights, remove_duplicate=False) if regex.match(n)]
@@ -156,17 +197,9 @@ def plan_quantization(
             continue
         planned.add(id(module.weight))
         users = users_of[id(module.weight)]
-        _check_ties(model, name, users)
-        block_size = get_param(module, name, block_sizes_config)
-        n_centroids = get_param(module, name, n_centroids_config)
-        for path, other in users:
-            check_block_size(block_size, tuple(other.weight.shape), f"quantize_model_: layer {path!r}")
-        checkpoint = None
-        if state_dict is not None:
-            prefix = fairseq_prefix(state_dict, name)
-            checkpoint = read_fairseq_layer(state_dict, prefix, module, f"quantize_model_: layer {name!r}")
-        pq_cls = pq_class_for(module)
-        layers.append(PlannedLayer(name, index, module, pq_cls, users, block_size, n_centroids, checkpoint))
+        layer = _plan_layer(model, name, index, module, users, configs, fewer_blocks, state_dict)
+        if layer is not None:
+            layers.append(layer)
     return QuantizationPlan(step, pattern, layers)
 
 
@@ -200,9 +233,16 @@ def _tied_layers(layer: PlannedLayer, pq_module: PQLayer) -> dict[int, nn.Module
 
 def _build(layer: PlannedLayer, seed: int | None, distributed: bool, **from_float_args) -> dict[int, nn.Module]:
     """The PQ layers of one planned weight (k-means, or the checkpoint's entries), broadcast from rank 0."""
+    cls = layer.pq_cls
     if layer.checkpoint is not None:
-        entry, cls = layer.checkpoint, layer.pq_cls
+        entry = layer.checkpoint
         pq_module = cls.from_config(cls.config_of(layer.module), entry.centroids, entry.codes, entry.bias)
+    elif layer.exact is not None:
+        centroids, codes = layer.exact
+        bias = getattr(layer.module, "bias", None) if cls._HAS_BIAS else None
+        bias = None if bias is None else bias.detach()
+        dtype = from_float_args["centroid_dtype"]
+        pq_module = cls.from_config(cls.config_of(layer.module), centroids.to(dtype), codes, bias)
     else:
         layer_seed = None if seed is None else seed + layer.index
         pq_module = layer.pq_cls.from_float(
@@ -241,14 +281,14 @@ def apply_plan(
             message = "Quantizing layer %s with block size %d and %d centroids"
             logger.info(message, layer.name, layer.block_size, layer.n_centroids)
         built.append(_build(layer, seed, distributed, **from_float_args))
-    replaced: list[str] = []
-    for layer, by_module in zip(plan.layers, built):
-        for path, other in layer.users:
-            replace_module(model, path, by_module[id(other)])
-            replaced.append(path)
-        if size_tracker is not None:
+    replacements = [
+        (path, by_module[id(other)]) for layer, by_module in zip(plan.layers, built) for path, other in layer.users
+    ]
+    replace_all(model, replacements)
+    if size_tracker is not None:
+        for layer in plan.layers:
             size_tracker.update(layer.module.weight.detach(), layer.block_size, layer.n_centroids)
-    return replaced
+    return [path for path, _ in replacements]
 
 
 def quantize_model_(
@@ -267,8 +307,15 @@ def quantize_model_(
     *,
     seed: int | None = None,
     centroid_dtype: torch.dtype = torch.float16,
+    fewer_blocks: str = "reduce",
 ) -> list[str]:
     """Quantize, in place, the layers selected by stage ``step`` and replace them by PQ layers (fairseq's API).
+
+    All or nothing: every selected layer is checked (class, config entries, block size, K, finite weights,
+    ties, checkpoint entries) and every PQ layer is built before the first module is replaced; on any error the
+    model is exactly as it was. Layers wrapped by ``quant_noise`` are quantized like the layers they wrap (the PQ
+    layer replaces the wrapper; the weights are kept, the noise is dropped), and so are subclasses of the
+    supported layers that keep their forward; a subclass with its own forward is refused, naming the layer.
 
     Args:
         model: the model (dense, or partly quantized by earlier stages).
@@ -289,6 +336,11 @@ def quantize_model_(
             values of the right shape, we take the real ones).
         seed: k-means seed (each layer uses ``seed + index``); None draws from torch's default generator.
         centroid_dtype: dtype of the stored centroids (fp16 by default).
+        fewer_blocks: a layer with fewer blocks than its K (a small first convolution, a depthwise one) cannot
+            be clustered into K centroids. ``"reduce"`` (default): K becomes the number of its distinct blocks,
+            which encode it exactly (lossless up to ``centroid_dtype``); ``"skip"``: the layer stays dense;
+            both warn, naming the layer. ``"error"``: raise (before anything changes). The ``size_tracker``
+            counts the K used, and nothing for a skipped layer.
 
     Returns:
         The names of the modules replaced, in order (a tied module is listed under each of its names).
@@ -296,10 +348,14 @@ def quantize_model_(
     Raises:
         IndexError: ``step`` out of range.
         KeyError: the config has no entry for a selected layer (see :func:`get_param`).
-        ValueError: a selected name is not a quantizable layer (:mod:`.registry`), the block size does not divide
-            the row, a tied weight is also used by an unsupported module, or a ``state_dict`` entry is missing or
-            malformed.
+        TypeError: ``centroid_dtype`` is not a float dtype.
+        ValueError: a selected name is not a quantizable layer (:mod:`.registry`; a subclass overriding its
+            forward), the block size does not divide the row, K is not in ``[1, 65536]``, a weight holds NaN or
+            infinity, a layer has fewer blocks than K with ``fewer_blocks="error"``, a tied weight is also used by
+            an unsupported module, a ``state_dict`` entry is missing or malformed, or a scalar argument
+            (``n_iter``, ``eps``, ``max_tentatives``, ``seed``, ``fewer_blocks``) is out of range.
     """
+    check_kmeans_args("quantize_model_", n_iter, eps, max_tentatives, seed, centroid_dtype, fewer_blocks)
     plan = plan_quantization(
         model,
         layers_to_quantize,
@@ -308,6 +364,7 @@ def quantize_model_(
         step,
         remove_weights=remove_weights,
         state_dict=state_dict if n_iter == 0 else None,
+        fewer_blocks=fewer_blocks,
     )
     return apply_plan(
         model,

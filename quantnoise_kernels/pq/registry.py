@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from torch import nn
 
+from .._modules import behaves_as, refusal, unwrapped_class
 from .layers import PQConv1d, PQConv2d, PQEmbedding, PQLayer, PQLinear
 
 __all__ = [
     "register_pq_layer",
     "pq_layer_classes",
     "pq_class_for",
+    "why_not_quantizable",
+    "config_class_names",
     "pq_class_by_dense_name",
     "is_pq_layer",
 ]
@@ -46,8 +49,30 @@ def pq_layer_classes() -> dict[type[nn.Module], type[PQLayer]]:
 
 
 def pq_class_for(module: nn.Module) -> type[PQLayer] | None:
-    """The PQ class that replaces ``module`` (matched on its exact class), or None."""
-    return _BY_DENSE.get(type(module))
+    """The PQ class that replaces ``module``, or None.
+
+    ``module`` is a registered dense class, a subclass of one that keeps its forward (overrides neither
+    ``forward`` nor ``_conv_forward``), or either wrapped by ``quant_noise`` (quantizing drops the wrapper and
+    keeps the weight); see :mod:`quantnoise_kernels._modules`. A PQ layer is not a dense layer: None.
+    """
+    if isinstance(module, PQLayer):
+        return None
+    return _BY_DENSE.get(behaves_as(module, _BY_DENSE))
+
+
+def why_not_quantizable(module: nn.Module) -> str:
+    """Why :func:`pq_class_for` gives None for ``module`` (for error messages)."""
+    return refusal(module, _BY_DENSE)
+
+
+def config_class_names(module: nn.Module) -> list[str]:
+    """The class names a config may list ``module`` under, most specific first: its own class (without the
+    ``quant_noise`` wrapper, whose class fairseq never sees), then the dense class its PQ layer replaces."""
+    names = [unwrapped_class(module).__name__]
+    pq_cls = pq_class_for(module)
+    if pq_cls is not None and pq_cls._FLOAT_MODULE.__name__ not in names:
+        names.append(pq_cls._FLOAT_MODULE.__name__)
+    return names
 
 
 def pq_class_by_dense_name(name: str) -> type[PQLayer] | None:

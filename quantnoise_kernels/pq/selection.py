@@ -7,6 +7,8 @@ from typing import Any
 
 from torch import nn
 
+from .registry import config_class_names
+
 __all__ = ["get_layers", "get_param", "stage_regex", "layer_names"]
 
 
@@ -59,7 +61,9 @@ def get_layers(model: nn.Module, filter_regexp: str, remove_weights: bool = Fals
 def get_param(module: nn.Module, layer_name: str, param_config: dict) -> Any:
     """The block size or number of centroids of ``module`` from a ``{class name: (feature, {value: param})}`` config.
 
-    fairseq's rule: ``config[type(module).__name__] = (feature, params)``. If ``feature == "fuzzy_name"``, the
+    fairseq's rule: ``config[type(module).__name__] = (feature, params)``; a module wrapped by ``quant_noise`` is
+    looked up under the class it wraps, and a subclass of a quantizable layer not in the config under that layer's
+    class (``NonDynamicallyQuantizableLinear`` under ``Linear``). If ``feature == "fuzzy_name"``, the
     first key (in dict order) that is a substring of ``layer_name``; else the key equal to
     ``str(getattr(module, feature))`` (keys are compared as strings, so YAML integer keys work too). If
     nothing matches, ``"*"``.
@@ -68,10 +72,12 @@ def get_param(module: nn.Module, layer_name: str, param_config: dict) -> Any:
         KeyError: the class is not in the config, ``module`` has no attribute ``feature``, or no key matches and
             there is no ``"*"`` (the message names the layer, the feature and its value).
     """
-    layer_type = type(module).__name__
-    if layer_type not in param_config:
+    candidates = config_class_names(module)
+    layer_type = next((name for name in candidates if name in param_config), None)
+    if layer_type is None:
         raise KeyError(
-            f"layer {layer_name!r}: module type {layer_type} is not in the config (config has {sorted(param_config)})"
+            f"layer {layer_name!r}: module type {' / '.join(candidates)} is not in the config "
+            f"(config has {sorted(param_config)})"
         )
     entry = param_config[layer_type]
     if isinstance(entry, dict) and set(entry) == {"key", "value"}:

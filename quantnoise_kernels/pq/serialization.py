@@ -28,9 +28,10 @@ import torch
 from torch import Tensor, nn
 
 from .._blocks import UINT8_MAX_CENTROIDS, row_length
-from ._model import device_of, load_remaining_state, replace_module, share_storage, state_outside
+from ._checks import check_finite, check_state_fits
+from ._model import device_of, load_remaining_state, replace_all, share_storage, state_outside
 from .fairseq import from_fairseq_state_dict
-from .registry import is_pq_layer, pq_class_by_dense_name
+from .registry import is_pq_layer, pq_class_by_dense_name, pq_class_for
 
 __all__ = ["save_compressed", "load_compressed", "from_fairseq_state_dict", "FORMAT", "VERSION"]
 
@@ -105,35 +106,146 @@ def save_compressed(model: nn.Module, path: str | os.PathLike) -> None:
     torch.save(payload, path)
 
 
-def _check_entries(model: nn.Module, layers: list[dict[str, Any]]) -> dict[str, nn.Module]:
-    """name -> the module each file entry replaces, every entry checked against ``model`` (nothing changed)."""
-    current_of: dict[str, nn.Module] = {}
-    for entry in layers:
-        name = entry["name"]
-        if entry.get("same_module_as"):
-            continue
-        try:
-            current = model.get_submodule(name)
-        except AttributeError:
-            raise ValueError(f"load_compressed: the model has no module {name!r}") from None
-        pq_cls = pq_class_by_dense_name(entry["dense_class"])
-        if pq_cls is None:
-            raise ValueError(f"load_compressed: {name!r}: the file holds an unknown layer {entry['dense_class']!r}")
-        if not isinstance(current, (pq_cls._FLOAT_MODULE, pq_cls)):
+_ENTRY_KEYS = ("name", "class", "dense_class", "weight_shape", "block_size", "n_centroids", "config", "bias", "tied_to")
+
+
+def _read(path: str | os.PathLike, map_location: Any) -> dict[str, Any]:
+    """The file's payload, its format and version checked."""
+    where = f"load_compressed: {os.fspath(path)!r}" if isinstance(path, (str, os.PathLike)) else "load_compressed"
+    try:
+        data = torch.load(path, map_location=map_location or "cpu", weights_only=True)
+    except OSError:
+        raise  # FileNotFoundError, IsADirectoryError, PermissionError: they name the path
+    except Exception as error:  # a truncated, corrupted or foreign file: torch's errors do not name it
+        raise ValueError(f"{where} is not a readable {FORMAT} file ({type(error).__name__}: {error})") from error
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"{where} is not a {FORMAT} file")
+    if data.get("version") != VERSION:
+        raise ValueError(f"{where}: file version {data.get('version')} is not supported (expected {VERSION})")
+    if not isinstance(data.get("layers"), list) or not isinstance(data.get("state_dict"), dict):
+        raise ValueError(f"{where}: malformed file: 'layers' must be a list and 'state_dict' a dict")
+    return data
+
+
+def _entry(raw: Any, index: int, seen: set[str]) -> dict[str, Any]:
+    """A layer entry with every key it needs (a malformed file gets a ValueError naming the entry and the key)."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise ValueError(f"load_compressed: layer entry {index} is malformed (no 'name')")
+    name = raw["name"]
+    if name in seen:
+        raise ValueError(f"load_compressed: layer {name!r} appears twice in the file")
+    seen.add(name)
+    needed = ("name", "same_module_as") if raw.get("same_module_as") else _ENTRY_KEYS
+    if not raw.get("same_module_as") and not raw.get("tied_to"):
+        needed = needed + ("codes", "centroids")
+    missing = [key for key in needed if key not in raw]
+    if missing:
+        raise ValueError(f"load_compressed: layer {name!r}: the file entry has no {missing}")
+    return raw
+
+
+def _module_at(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise ValueError(f"load_compressed: the model has no module {name!r}") from None
+
+
+def _check_fits(entry: dict[str, Any], current: nn.Module, pq_cls: type) -> None:
+    """The module ``current`` of the model is the layer the entry was saved from: class, shape, configuration
+    (kernel size, stride, groups, ...), bias."""
+    name = entry["name"]
+    if not (isinstance(current, pq_cls) or pq_class_for(current) is pq_cls):
+        raise ValueError(
+            f"load_compressed: {name!r} is a {type(current).__name__} in the model, the file holds a "
+            f"{entry['class']} (from {entry['dense_class']})"
+        )
+    shape = tuple(current.weight_shape if isinstance(current, pq_cls) else current.weight.shape)
+    if [shape[0], row_length(shape)] != list(entry["weight_shape"]):
+        raise ValueError(
+            f"load_compressed: {name!r} has a weight of shape {shape} (rows {shape[0]} x {row_length(shape)}), "
+            f"the file holds {entry['weight_shape']}"
+        )
+    config = pq_cls.config_of(current)
+    if not isinstance(entry["config"], dict):
+        raise ValueError(f"load_compressed: layer {name!r}: the file's config must be a dict")
+    for key in sorted(set(config) | set(entry["config"])):
+        if config.get(key) != entry["config"].get(key):
             raise ValueError(
-                f"load_compressed: {name!r} is a {type(current).__name__} in the model, the file holds a "
-                f"{entry['class']} (from {entry['dense_class']})"
+                f"load_compressed: {name!r} has {key}={config.get(key)!r} in the model, the file holds "
+                f"{key}={entry['config'].get(key)!r} (a file for another architecture?)"
             )
-        if isinstance(current, pq_cls._FLOAT_MODULE):
-            shape = tuple(current.weight.shape)
-            out, row = shape[0], row_length(shape)
-            if [out, row] != list(entry["weight_shape"]):
+    has_bias = getattr(current, "bias", None) is not None
+    if pq_cls._HAS_BIAS and has_bias != (entry["bias"] is not None):
+        in_model, in_file = ("a", "none") if has_bias else ("no", "one")
+        raise ValueError(f"load_compressed: {name!r} has {in_model} bias in the model, the file holds {in_file}")
+
+
+def _tensor(entry: dict[str, Any], key: str) -> Tensor:
+    value = entry[key]
+    if not isinstance(value, Tensor):
+        raise ValueError(
+            f"load_compressed: layer {entry['name']!r}: '{key}' must be a tensor, got {type(value).__name__}"
+        )
+    return value
+
+
+def _build_layer(model: nn.Module, entry: dict[str, Any], restored: dict[str, nn.Module]) -> nn.Module:
+    """The PQ layer of one file entry, checked against the model (which is not changed)."""
+    name = entry["name"]
+    current = _module_at(model, name)
+    pq_cls = pq_class_by_dense_name(entry["dense_class"])
+    if pq_cls is None:
+        raise ValueError(f"load_compressed: {name!r}: the file holds an unknown layer {entry['dense_class']!r}")
+    _check_fits(entry, current, pq_cls)
+    source = None
+    if entry["tied_to"]:
+        source = restored.get(entry["tied_to"])
+        if source is None:
+            raise ValueError(f"load_compressed: {name!r} is tied to {entry['tied_to']!r}, which no earlier entry holds")
+        other = _module_at(model, entry["tied_to"])
+        if not is_pq_layer(current) and getattr(other, "weight", None) is not current.weight:
+            raise ValueError(
+                f"load_compressed: {name!r} shares its weight with {entry['tied_to']!r} in the file, not in the model"
+            )
+        centroids, codes = source.centroids.detach(), source.interchange_codes()
+    else:
+        centroids, codes = _tensor(entry, "centroids"), _tensor(entry, "codes")
+        if centroids.is_floating_point():
+            check_finite(f"load_compressed: layer {name!r}", "its centroids", centroids)
+        if codes.dtype == torch.int16:
+            codes = codes.to(torch.int32)
+    bias = entry["bias"] if entry["bias"] is None else _tensor(entry, "bias")
+    try:
+        layer = pq_cls.from_config(entry["config"], centroids, codes, bias)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"load_compressed: layer {name!r}: {error}") from error
+    layer = layer.to(device_of(current))
+    if source is not None:
+        share_storage(layer, source)
+    return layer
+
+
+def _build_layers(model: nn.Module, raw_layers: list[Any]) -> list[tuple[str, nn.Module]]:
+    """(name, PQ layer) for every file entry, every entry checked and built; the model is not changed."""
+    restored: dict[str, nn.Module] = {}
+    replacements: list[tuple[str, nn.Module]] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(raw_layers):
+        entry = _entry(raw, index, seen)
+        name, same_as = entry["name"], entry.get("same_module_as")
+        if same_as:
+            if same_as not in restored:
+                raise ValueError(f"load_compressed: {name!r} is the module {same_as!r}, which no earlier entry holds")
+            if _module_at(model, name) is not _module_at(model, same_as):
                 raise ValueError(
-                    f"load_compressed: {name!r} has a weight of shape {shape} (rows {out} x {row}), the file holds "
-                    f"{entry['weight_shape']}"
+                    f"load_compressed: {name!r} and {same_as!r} are one module in the file, two in the model"
                 )
-        current_of[name] = current
-    return current_of
+            replacements.append((name, restored[same_as]))
+            continue
+        restored[name] = _build_layer(model, entry, restored)
+        replacements.append((name, restored[name]))
+    return replacements
 
 
 def load_compressed(
@@ -143,11 +255,14 @@ def load_compressed(
 
     The listed layers (dense layers of the classes the registry knows, in ``model``) are replaced by PQ layers
     on the device of the layer they replace; the non-quantized parameters and buffers are loaded as they were
-    saved. Every layer entry is checked before the model is changed.
+    saved. All or nothing: every entry is checked against the model (class, weight shape, layer configuration
+    such as kernel size, stride, groups and padding, bias, ties, finite centroids, codes in range) and every PQ
+    layer is built before the model is changed, and the remaining entries are checked to load (keys, shapes);
+    on any error the model is exactly as it was.
 
     Args:
         model: the dense model (or one already holding PQ layers at those names).
-        path: the file.
+        path: the file (or a file-like object ``torch.load`` takes).
         map_location: passed to ``torch.load``.
         strict: raise if the non-quantized keys do not match exactly.
 
@@ -155,36 +270,16 @@ def load_compressed(
         The names of the PQ layers restored.
 
     Raises:
-        ValueError: not a compressed file, unknown version, or a layer's class or shape differs from ``model``.
+        FileNotFoundError (or another ``OSError``): the file cannot be opened.
+        ValueError: not a readable compressed file, unknown version, a malformed entry, or a layer that differs
+            from ``model`` (the message names the layer and the value).
         RuntimeError: non-quantized keys missing or unexpected (``strict``).
     """
-    data = torch.load(path, map_location=map_location or "cpu", weights_only=True)
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ValueError(f"load_compressed: {os.fspath(path)!r} is not a {FORMAT} file")
-    if data.get("version") != VERSION:
-        raise ValueError(f"load_compressed: file version {data.get('version')} is not supported (expected {VERSION})")
-    current_of = _check_entries(model, data["layers"])
-
-    restored: dict[str, nn.Module] = {}
-    names = []
-    for entry in data["layers"]:
-        name = entry["name"]
-        names.append(name)
-        if entry.get("same_module_as"):
-            replace_module(model, name, restored[entry["same_module_as"]])
-            continue
-        pq_cls = pq_class_by_dense_name(entry["dense_class"])
-        source = restored[entry["tied_to"]] if entry.get("tied_to") else None
-        if source is not None:
-            centroids, codes = source.centroids.detach(), source.interchange_codes()
-        else:
-            centroids, codes = entry["centroids"], entry["codes"]
-            if codes.dtype == torch.int16:
-                codes = codes.to(torch.int32)
-        layer = pq_cls.from_config(entry["config"], centroids, codes, entry["bias"]).to(device_of(current_of[name]))
-        if source is not None:
-            share_storage(layer, source)
-        replace_module(model, name, layer)
-        restored[name] = layer
-    load_remaining_state(model, data["state_dict"], names, strict, "load_compressed")
+    data = _read(path, map_location)
+    replacements = _build_layers(model, data["layers"])
+    names = [name for name, _ in replacements]
+    check_state_fits("load_compressed", model, data["state_dict"], names, strict)
+    replace_all(
+        model, replacements, lambda: load_remaining_state(model, data["state_dict"], names, strict, "load_compressed")
+    )
     return names

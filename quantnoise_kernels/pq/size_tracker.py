@@ -103,7 +103,17 @@ class SizeTracker:
         return sum(p.numel() for p in self.model.parameters()) * 4 / _MB
 
     def update(self, W: Tensor, block_size: int, n_centroids: int) -> None:
-        """Account for one quantized layer of weight ``W`` (fairseq's formula, fractional bits allowed)."""
+        """Account for one quantized layer of weight ``W`` (fairseq's formula, fractional bits allowed).
+
+        Raises:
+            TypeError: ``W`` is not a tensor.
+            ValueError: ``block_size`` or ``n_centroids`` is not a positive int.
+        """
+        if not isinstance(W, Tensor):
+            raise TypeError(f"SizeTracker.update: W must be a tensor, got {type(W).__name__}")
+        for name, value in (("block_size", block_size), ("n_centroids", n_centroids)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"SizeTracker.update: {name} must be a positive int, got {value!r}")
         bits_per_weight = math.log2(n_centroids) / block_size
         self.n_quantized_layers += 1
         self.size_index += bits_per_weight * W.numel() / 8 / _MB
@@ -117,7 +127,9 @@ class SizeTracker:
 
     @property
     def compression_ratio(self) -> float:
-        """fairseq's ratio: original / compressed (theoretical)."""
+        """fairseq's ratio: original / compressed (theoretical); 1.0 for a model without parameters."""
+        if self.size_compressed == 0:
+            return 1.0
         return self.size_non_compressed_model / self.size_compressed
 
     def held_bytes(self) -> HeldBytes:
