@@ -311,3 +311,18 @@ def test_a_replacement_failing_half_way_puts_the_replaced_modules_back(monkeypat
     with pytest.raises(RuntimeError, match="planted failure"):
         _quantize(model)
     assert_unchanged(model, before)
+
+
+def test_quantized_layers_finetune_with_adam():
+    """The documented loop: quantize a stage, then Adam on the model. float16 centroid Parameters broke it (Adam's
+    eps is 0 in float16: an empty cluster's zero gradient gives 0/0 = NaN); the default is float32 now."""
+    torch.manual_seed(0)
+    model = Net()
+    _quantize(model, ks=K256 | {"Linear": ("in_features", {"*": 64})})
+    assert model.fc1.centroids.dtype == torch.float32
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model.fc2(model.fc1(torch.randn(5, 16))).square().mean().backward()
+        optimizer.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,26 +31,7 @@ K_16 = {
 }
 
 # fairseq's examples/quant_noise/transformer_quantization_config.yaml, as shipped (doubled backslashes).
-FAIRSEQ_YAML = r"""
-n_centroids:
-    Linear:
-        key: in_features
-        value: {"*": 256}
-    Embedding:
-        key: embedding_dim
-        value: {"*": 256}
-block_sizes:
-  Linear:
-      key: fuzzy_name
-      value: {fc: 8, attn: 4, emb: 4}
-  Embedding:
-      key: fuzzy_name
-      value: {emb: 8}
-layers_to_quantize:
-    - decoder\\.layers\\.\d+\\.fc[12]
-    - decoder\\.embed_tokens\\.embeddings\\.[012]\\.[01]
-    - decoder\\.layers\\.\d+\\.self_attn\\.(k_proj|v_proj|q_proj|out_proj)
-"""
+FAIRSEQ_YAML = (Path(__file__).parent / "data" / "transformer_quantization_config.yaml").read_text()
 
 
 class Attn(nn.Module):
@@ -380,7 +362,16 @@ def test_size_tracker_fairseq_example_27x():
     dense_bytes = 2 * (512 * 512 + 512) * 4
     assert tracker.size_non_compressed_model == pytest.approx(dense_bytes / 2**20)
     assert tracker.original_held.total == dense_bytes
-    quantize_model_(model, tracker, [r"\d"], LINEAR_8, {"Linear": ("in_features", {"*": 256})}, n_iter=2, seed=0)
+    quantize_model_(
+        model,
+        tracker,
+        [r"\d"],
+        LINEAR_8,
+        {"Linear": ("in_features", {"*": 256})},
+        n_iter=2,
+        seed=0,
+        centroid_dtype=torch.float16,
+    )
     text = str(tracker)
     assert text.endswith(
         "Non-compressed model size: 2.00 MB. After quantizing 2 layers, size (indexing + centroids + other): "

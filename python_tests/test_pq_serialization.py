@@ -113,7 +113,8 @@ def test_saved_file_is_compact(tmp_path):
     torch.save(model.state_dict(), dense_path)
     blocks = {"Linear": ("in_features", {"*": 8})}
     quantize_model_(model, None, [r"\d"], blocks, {"Linear": ("in_features", {"*": 256})}, n_iter=2, verbose=False)
-    save_compressed(model, path)
+    assert model[0].centroids.dtype == torch.float32  # trainable by any optimizer; the file can be fp16
+    save_compressed(model, path, centroid_dtype=torch.float16)
     payload = 2 * (512 * 64 + 256 * 8 * 2 + 512 * 4)  # uint8 codes + fp16 centroids + fp32 bias
     size = path.stat().st_size
     assert size < payload + 8 * 1024, f"{size} B for {payload} B of payload"

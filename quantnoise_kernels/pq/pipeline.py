@@ -264,7 +264,7 @@ def apply_plan(
     eps: float = 1e-6,
     max_tentatives: int = 100,
     seed: int | None = None,
-    centroid_dtype: torch.dtype = torch.float16,
+    centroid_dtype: torch.dtype = torch.float32,
     verbose: bool = True,
 ) -> list[str]:
     """Build every planned PQ layer, then replace the modules and update ``size_tracker``.
@@ -306,7 +306,7 @@ def quantize_model_(
     state_dict: dict | None = None,
     *,
     seed: int | None = None,
-    centroid_dtype: torch.dtype = torch.float16,
+    centroid_dtype: torch.dtype = torch.float32,
     fewer_blocks: str = "reduce",
 ) -> list[str]:
     """Quantize, in place, the layers selected by stage ``step`` and replace them by PQ layers (fairseq's API).
@@ -335,7 +335,10 @@ def quantize_model_(
             instead of running k-means (fairseq uses this path to load a quantized checkpoint; it fills random
             values of the right shape, we take the real ones).
         seed: k-means seed (each layer uses ``seed + index``); None draws from torch's default generator.
-        centroid_dtype: dtype of the stored centroids (fp16 by default).
+        centroid_dtype: dtype of the centroids Parameter. float32 (default, as fairseq holds them) is what the
+            finetuning between stages needs: optimizers without fp32 master weights break on float16 parameters
+            (Adam's ``eps = 1e-8`` is 0 in float16, so a zero or tiny gradient gives 0/0 = NaN after one step).
+            Write a float16 file at the end with ``save_compressed(..., centroid_dtype=torch.float16)``.
         fewer_blocks: a layer with fewer blocks than its K (a small first convolution, a depthwise one) cannot
             be clustered into K centroids. ``"reduce"`` (default): K becomes the number of its distinct blocks,
             which encode it exactly (lossless up to ``centroid_dtype``); ``"skip"``: the layer stays dense;

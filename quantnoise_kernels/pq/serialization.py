@@ -54,7 +54,9 @@ def _codes_for_file(codes: Tensor, n_centroids: int) -> Tensor:
     return codes.to(torch.int16 if n_centroids <= 2**15 else torch.int32)
 
 
-def _layer_entry(name: str, module: nn.Module, centroid_owner: dict[int, str]) -> dict[str, Any]:
+def _layer_entry(
+    name: str, module: nn.Module, centroid_owner: dict[int, str], centroid_dtype: torch.dtype | None
+) -> dict[str, Any]:
     """The file entry of a PQ layer met for the first time (codes and centroids unless tied to an earlier one)."""
     codes = module.interchange_codes()
     n_centroids, block_size = (int(s) for s in module.centroids.shape)
@@ -72,17 +74,30 @@ def _layer_entry(name: str, module: nn.Module, centroid_owner: dict[int, str]) -
     else:
         centroid_owner[id(module.centroids)] = name
         entry["codes"] = _compact(_codes_for_file(codes, n_centroids))
-        entry["centroids"] = _compact(module.centroids)
+        centroids = module.centroids if centroid_dtype is None else module.centroids.to(centroid_dtype)
+        entry["centroids"] = _compact(centroids)
     return entry
 
 
-def save_compressed(model: nn.Module, path: str | os.PathLike) -> None:
+def save_compressed(model: nn.Module, path: str | os.PathLike, *, centroid_dtype: torch.dtype | None = None) -> None:
     """Write ``model`` (with PQ layers) to a compact file: uint8 codes, centroids, metadata, the rest.
 
     Args:
         model: a model whose quantized layers are PQ layers (e.g. after :func:`quantize_model_`).
         path: destination file.
+        centroid_dtype: write the centroids in this float dtype (``torch.float16`` halves them); None (default)
+            writes them as the layers hold them, so that :func:`load_compressed` restores the model bit for bit.
+
+    Raises:
+        TypeError: ``centroid_dtype`` is not a float dtype or None.
     """
+    if centroid_dtype is not None and centroid_dtype not in (
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+    ):
+        raise TypeError(f"save_compressed: centroid_dtype must be a float dtype or None, got {centroid_dtype!r}")
     layers: list[dict[str, Any]] = []
     first_path: dict[int, str] = {}  # id(module) -> first name
     centroid_owner: dict[int, str] = {}  # id(centroids Parameter) -> first layer name
@@ -94,7 +109,7 @@ def save_compressed(model: nn.Module, path: str | os.PathLike) -> None:
             layers.append(dict(entry, same_module_as=first_path[id(module)]))
             continue
         first_path[id(module)] = name
-        layers.append(_layer_entry(name, module, centroid_owner))
+        layers.append(_layer_entry(name, module, centroid_owner, centroid_dtype))
     rest = {k: _compact(v) for k, v in state_outside(model, [entry["name"] for entry in layers]).items()}
     payload = {
         "format": FORMAT,
