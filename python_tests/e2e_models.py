@@ -3,9 +3,9 @@ independent checks those tests make: the decoded dense model, and the bytes a mo
 
 - :class:`TransformerLM`: a fairseq-style decoder-only language model with fairseq's module names
   (``decoder.embed_tokens.embeddings.<band>.<0|1>`` adaptive-input bands,
-  ``decoder.layers.N.self_attn.{q,k,v,out}_proj``, ``decoder.layers.N.fc1/fc2``), so fairseq's example YAML selects its layers. Attention calls its four projections
-  as modules (fairseq's MultiheadAttention hands their weights to ``F.multi_head_attention_forward``, which a
-  ``quant_noise`` wrapper never sees).
+  ``decoder.layers.N.self_attn.{q,k,v,out}_proj``, ``decoder.layers.N.fc1/fc2``), so fairseq's example YAML
+  selects its layers. Attention calls its four projections as modules (fairseq's MultiheadAttention hands their
+  weights to ``F.multi_head_attention_forward``, which a ``quant_noise`` wrapper never sees).
 - :class:`MobileNetV2`: a small first conv, inverted residual blocks (1x1 expand, depthwise 3x3, 1x1 project) and
   a classifier, in MobileNetV2's layout (``features.N``, ``classifier``).
 """
