@@ -85,7 +85,7 @@ def test_fairseq_pq_blocks_match():
 def test_errors():
     with pytest.raises(ValueError, match=r"block_size must divide the row length of weight \(10 .*got block_size=4"):
         weight_to_blocks(torch.randn(3, 10), 4)
-    with pytest.raises(ValueError, match="n_centroids must be at most the number of vectors N=6"):
+    with pytest.raises(ValueError, match="PQ: n_centroids=16 exceeds the 6 blocks of the weight"):
         PQ(torch.randn(3, 8), 4, n_centroids=16).encode()
     with pytest.raises(RuntimeError, match="encode"):
         PQ(torch.randn(3, 8), 4, n_centroids=2).decode()

@@ -8,6 +8,7 @@ per-cluster sums and counts are all-reduced, so every rank ends with the same ce
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -77,20 +78,39 @@ class _Comm:
         return int(t.item())
 
 
-def _check_input(x: Tensor, n_centroids: int, n_iter: int, init: str) -> None:
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_input(x: Tensor, n_centroids: int, n_iter: int, init: str, settings: dict) -> None:
+    """Every argument of :func:`kmeans`, before any work (errors name the argument and the value)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"kmeans: x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _FLOATS:
         raise TypeError(f"kmeans: x must be float32, float16, bfloat16 or float64, got dtype {x.dtype}")
     if x.dim() not in (2, 3):
         raise ValueError(f"kmeans: x must be [N, D] or [B, N, D], got shape {tuple(x.shape)}")
-    if not isinstance(n_centroids, int) or not 1 <= n_centroids <= MAX_CENTROIDS:
+    if x.device.type == "meta":
+        raise ValueError("kmeans: x must hold values, got a tensor on the meta device")
+    if not _is_int(n_centroids) or not 1 <= n_centroids <= MAX_CENTROIDS:
         raise ValueError(f"kmeans: n_centroids must be an int in [1, {MAX_CENTROIDS}], got {n_centroids!r}")
-    if n_iter < 0:
-        raise ValueError(f"kmeans: n_iter must be >= 0, got {n_iter}")
+    for name, value in (("n_iter", n_iter), ("max_tentatives", settings["max_tentatives"])):
+        if not _is_int(value) or value < 0:
+            raise ValueError(f"kmeans: {name} must be an int >= 0, got {value!r}")
     if init not in ("random", "kmeans++"):
         raise ValueError(f"kmeans: init must be 'random' or 'kmeans++', got {init!r}")
-    n_bad = int((~torch.isfinite(x)).sum())
+    eps, tol, seed = settings["eps"], settings["tol"], settings["seed"]
+    if not _is_number(eps) or eps < 0:
+        raise ValueError(f"kmeans: eps must be a finite number >= 0, got {eps!r}")
+    if tol is not None and (not _is_number(tol) or tol < 0):
+        raise ValueError(f"kmeans: tol must be None or a finite number >= 0, got {tol!r}")
+    if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**63):
+        raise ValueError(f"kmeans: seed must be None or an int in [0, 2**63), got {seed!r}")
+    n_bad = int((~torch.isfinite(x.detach())).sum())
     if n_bad:
         raise ValueError(f"kmeans: x must be finite, got {n_bad} NaN or infinite values")
 
@@ -213,10 +233,17 @@ def kmeans(
         max_tentatives: split-and-reassign passes after the last iteration while clusters are empty.
 
     Returns:
-        :class:`KMeansResult` with ``centroids`` fp32, ``codes`` int64, ``objective`` list, ``n_empty``.
+        :class:`KMeansResult` with ``centroids`` fp32, ``codes`` int64, ``objective`` list, ``n_empty``. Not
+        differentiable: ``x`` is read detached (a layer's weight may be passed as it is).
+
+    Raises:
+        TypeError: ``x`` is not a float tensor.
+        ValueError: ``x`` has the wrong rank, is on the meta device or holds NaN/infinity; ``n_centroids``,
+            ``n_iter``, ``max_tentatives``, ``eps``, ``tol``, ``seed`` or ``init`` is out of range; K exceeds N.
     """
-    _check_input(x, n_centroids, n_iter, init)
-    xb = x.unsqueeze(0) if x.dim() == 2 else x
+    _check_input(x, n_centroids, n_iter, init, {"eps": eps, "tol": tol, "seed": seed, "max_tentatives": max_tentatives})
+    xb = x.detach()  # clustering is not differentiated (a layer's weight requires grad)
+    xb = xb.unsqueeze(0) if xb.dim() == 2 else xb
     xb = (xb.float() if xb.dtype == torch.float64 else xb).contiguous()
     comm = _Comm(process_group, xb.device)
     sizes = comm.gather(torch.tensor([xb.shape[1]], dtype=torch.int64, device=xb.device))[:, 0].tolist()

@@ -40,10 +40,12 @@ class QuantNoiseConfig:
     straight_through: bool = True
 
 
-def _check_config(weight: Tensor, p: float, block_size: int, rescale: bool) -> None:
+def _check_config(where: str, weight: Tensor, p: float, block_size: int, rescale: bool) -> None:
     if not (isinstance(p, (int, float)) and math.isfinite(p) and 0.0 <= p <= 1.0 and not (rescale and p >= 1.0)):
-        raise ValueError(f"quant_noise: p must be in [0, 1), got {p!r}")
-    check_block_size(block_size, tuple(weight.shape), "quant_noise")
+        raise ValueError(f"{where}: p must be in [0, 1), got {p!r}")
+    if weight.dim() < 2:
+        raise ValueError(f"{where}: weight must have at least 2 dimensions [out, ...], got shape {tuple(weight.shape)}")
+    check_block_size(block_size, tuple(weight.shape), where)
 
 
 def quant_noise_weight(
@@ -62,7 +64,7 @@ def quant_noise_weight(
     ``F.multi_head_attention_forward``). Returns ``weight`` itself when not training or ``p == 0``.
     The seed comes from ``generator`` (default: torch's global RNG).
     """
-    _check_config(weight, p, block_size, rescale)
+    _check_config("quant_noise_weight", weight, p, block_size, rescale)
     if not training or p == 0:
         return weight
     seed = ops.draw_seed(generator)
@@ -203,7 +205,7 @@ def quant_noise(
         raise TypeError(f"quant_noise: module must be one of {names}, got {type(module).__name__}")
     if behaves_as(module, _SUPPORTED) is None:
         raise TypeError(f"quant_noise: module is {refusal(module, _SUPPORTED)}")
-    _check_config(module.weight, p, block_size, rescale)
+    _check_config("quant_noise", module.weight, p, block_size, rescale)
     if p == 0:
         return module
     module.quant_noise_config = QuantNoiseConfig(float(p), block_size, rescale, straight_through)

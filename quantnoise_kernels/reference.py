@@ -6,6 +6,8 @@ reproduces the kernels' Philox block draw with int64 tensor arithmetic, so masks
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -67,7 +69,7 @@ def block_noise_mask(n_blocks: int, p: float, seed: int, offset: int = 0, device
 def block_noise(weight: Tensor, p: float, block_size: int, seed: int, offset: int = 0, rescale: bool = True) -> Tensor:
     """Reference of ``ops.block_noise(noise="drop")``: mask, repeat per element, zero, rescale."""
     out_features = weight.shape[0]
-    w = weight.reshape(out_features, -1)
+    w = weight.reshape(out_features, math.prod(weight.shape[1:]))  # not -1: also for out_features = 0
     mask = block_noise_mask(w.numel() // block_size, p, seed, offset, device=weight.device)
     mask = mask.repeat_interleave(block_size).view_as(w)
     scale = 1.0 / (1.0 - p) if rescale else 1.0
@@ -143,16 +145,21 @@ __all__ += ["pq_decode_fairseq", "pq_encode_fairseq", "ipq_em_iteration_fairseq"
 
 
 def kmeans_assign(x: Tensor, centroids: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
-    """Reference of ``ops.kmeans_assign``: exact squared distances ``((x - c)**2).sum(-1)`` in fp32,
-    ``argmin`` (first index on ties), in chunks of ``chunk`` vectors. ``x [B, N, D]``, ``centroids [B, K, D]``.
+    """Reference of ``ops.kmeans_assign``: exact squared distances ``((x - c)**2).sum(-1)`` in fp32 (fp64 for fp64
+    inputs), the first index of the minimum, in chunks of ``chunk`` vectors. ``x [B, N, D]``, ``centroids [B, K, D]``.
+
+    The kernels' non-finite rule: a NaN distance never wins (a NaN centroid is never chosen); a point whose
+    distances are all NaN (a NaN coordinate) gets code 0 and distance NaN. Points far enough to overflow float32
+    need float64 inputs here (the kernels rank them in float64).
     """
-    x, c = x.float(), centroids.float()
+    opmath = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x, c = x.to(opmath), centroids.to(opmath)
     codes, dist = [], []
     for start in range(0, x.shape[1], chunk):
         d2 = ((x[:, start : start + chunk, None, :] - c[:, None, :, :]) ** 2).sum(-1)  # [B, n, K]
-        best = d2.min(-1)
-        codes.append(d2.argmin(-1))
-        dist.append(best.values)
+        best = torch.where(torch.isnan(d2), torch.inf, d2).min(-1)
+        codes.append(best.indices)
+        dist.append(d2.gather(-1, best.indices.unsqueeze(-1)).squeeze(-1))
     if not codes:
         return x.new_empty(x.shape[:2], dtype=torch.int64), x.new_empty(x.shape[:2])
     return torch.cat(codes, 1), torch.cat(dist, 1)
@@ -298,14 +305,32 @@ def nearest_centroid(blocks: Tensor, centroids: Tensor) -> Tensor:
     Sums ``(b_d - c_d)**2`` over ``d`` in order, in float32 (float64 for float64 inputs), each
     product rounded once: the kernels' arithmetic, so near-ties resolve alike. Ties go to the
     lowest index (``argmin`` returns the first minimum).
+
+    The non-finite rule of the kernels (``nearest_centroid`` in csrc/include/quantnoise/pq.h): a NaN distance
+    never wins; a block whose distances are all infinite or NaN in float32 (past ~1.8e19 apart) is ranked again
+    in float64; a block whose distances are all NaN (a NaN in the block) gets index 0.
     """
     opmath = torch.float64 if blocks.dtype == torch.float64 else torch.float32
+    best = _first_min(_ordered_squared_distances(blocks, centroids, opmath))
+    redo = ~torch.isfinite(best.values)
+    if redo.any() and opmath != torch.float64:
+        again = _first_min(_ordered_squared_distances(blocks[redo], centroids, torch.float64))
+        best.indices[redo] = again.indices
+    return best.indices
+
+
+def _ordered_squared_distances(blocks: Tensor, centroids: Tensor, opmath: torch.dtype) -> Tensor:
     diff = blocks.to(opmath)[:, None, :] - centroids.to(opmath)[None, :, :]  # [n, K, bs]
     sq = diff * diff
     d2 = torch.zeros(sq.shape[:2], dtype=opmath, device=blocks.device)
     for d in range(sq.shape[2]):
         d2 = d2 + sq[:, :, d]
-    return d2.argmin(dim=1)
+    return d2
+
+
+def _first_min(d2: Tensor):
+    """Per row, the lowest index of the smallest value, NaN never the smallest (index 0 if all are NaN)."""
+    return torch.where(torch.isnan(d2), torch.inf, d2).min(dim=1)
 
 
 def block_noise_centroid(

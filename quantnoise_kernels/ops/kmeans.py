@@ -1,10 +1,12 @@
-"""k-means ops: ``kmeans_assign`` (E-step) and ``kmeans_update`` (M-step statistics), with fake kernels."""
+"""k-means ops: ``kmeans_assign`` (E-step) and ``kmeans_update`` (M-step statistics), with fake kernels and
+autograd."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from ._args import int_arg
 from ._checks import check_kmeans_assign_args, check_kmeans_update_args
 
 __all__ = ["kmeans_assign", "kmeans_update"]
@@ -23,7 +25,8 @@ def kmeans_assign(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
 
     Returns:
         ``(codes, dist)``: ``codes`` int64 ``[B, N]`` in ``[0, K)``, ``dist`` float32 ``[B, N]``
-        (``[N]`` each for 2-D inputs).
+        (``[N]`` each for 2-D inputs). ``dist`` is differentiable in ``x`` and ``centroids`` (the derivative of
+        ``||x - c_code||^2`` at the chosen codes); ``codes`` is not.
     """
     if x.dim() == 2 and centroids.dim() == 2:
         codes, dist = torch.ops.quantnoise.kmeans_assign.default(x.unsqueeze(0), centroids.unsqueeze(0))
@@ -42,12 +45,14 @@ def kmeans_update(x: Tensor, codes: Tensor, n_centroids: int) -> tuple[Tensor, T
         n_centroids: ``K``.
 
     Returns:
-        ``(sums, counts)``: float32 ``[B, K, D]`` and int64 ``[B, K]`` (without ``B`` for 2-D ``x``).
+        ``(sums, counts)``: float32 ``[B, K, D]`` and int64 ``[B, K]`` (without ``B`` for 2-D ``x``). ``sums`` is
+        differentiable in ``x`` (each vector gets the gradient of its cluster's sum); ``counts`` is not.
     """
+    n_centroids = int_arg("kmeans_update", "n_centroids", n_centroids)
     if x.dim() == 2 and codes.dim() == 1:
-        sums, counts = torch.ops.quantnoise.kmeans_update.default(x.unsqueeze(0), codes.unsqueeze(0), int(n_centroids))
+        sums, counts = torch.ops.quantnoise.kmeans_update.default(x.unsqueeze(0), codes.unsqueeze(0), n_centroids)
         return sums.squeeze(0), counts.squeeze(0)
-    return torch.ops.quantnoise.kmeans_update.default(x, codes, int(n_centroids))
+    return torch.ops.quantnoise.kmeans_update.default(x, codes, n_centroids)
 
 
 @torch.library.register_fake("quantnoise::kmeans_assign")
@@ -65,3 +70,51 @@ def _kmeans_update_fake(x, codes, n_centroids):
         x.new_empty((batch, n_centroids, dim), dtype=torch.float32),
         x.new_empty((batch, n_centroids), dtype=torch.int64),
     )
+
+
+# Autograd. The codes and counts are integers (not differentiable). ``dist = ||x - c_code||^2`` and
+# ``sums[k] = sum of the x assigned to k`` are: their gradients are the exact derivatives at the chosen codes
+# (the assignment itself is piecewise constant), computed in float32 like the outputs, in the inputs' dtypes.
+
+
+def _kmeans_assign_setup_context(ctx, inputs, output):
+    x, centroids = inputs
+    codes, _dist = output
+    ctx.mark_non_differentiable(codes)
+    ctx.save_for_backward(x, centroids, codes)
+
+
+def _kmeans_assign_backward(ctx, _grad_codes, grad_dist: Tensor):
+    x, centroids, codes = ctx.saved_tensors
+    chosen = torch.gather(centroids.float(), 1, codes.unsqueeze(-1).expand(-1, -1, centroids.shape[2]))
+    diff = (x.float() - chosen) * (2.0 * grad_dist.float()).unsqueeze(-1)  # d dist / d x, [B, N, D]
+    grad_x = diff.to(x.dtype) if ctx.needs_input_grad[0] else None
+    grad_c = None
+    if ctx.needs_input_grad[1]:
+        grad_c = torch.zeros(centroids.shape, dtype=torch.float32, device=centroids.device)
+        grad_c.scatter_add_(1, codes.unsqueeze(-1).expand(-1, -1, centroids.shape[2]), -diff)
+        grad_c = grad_c.to(centroids.dtype)
+    return grad_x, grad_c
+
+
+torch.library.register_autograd(
+    "quantnoise::kmeans_assign", _kmeans_assign_backward, setup_context=_kmeans_assign_setup_context
+)
+
+
+def _kmeans_update_setup_context(ctx, inputs, output):
+    x, codes, _n_centroids = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(codes)
+    ctx.x_dtype = x.dtype
+
+
+def _kmeans_update_backward(ctx, grad_sums: Tensor, _grad_counts):
+    (codes,) = ctx.saved_tensors
+    grad_x = torch.gather(grad_sums, 1, codes.unsqueeze(-1).expand(-1, -1, grad_sums.shape[2]))
+    return grad_x.to(ctx.x_dtype), None, None
+
+
+torch.library.register_autograd(
+    "quantnoise::kmeans_update", _kmeans_update_backward, setup_context=_kmeans_update_setup_context
+)

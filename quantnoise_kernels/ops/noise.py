@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .._blocks import SEED_HIGH
+from ._args import bool_arg, float_arg, int_arg, seed_arg
 from ._checks import (
     check_block_noise_args,
     check_block_noise_centroids,
@@ -27,13 +28,20 @@ def draw_seed(generator: torch.Generator | None = None) -> Tensor:
     return torch.randint(0, SEED_HIGH, (), dtype=torch.int64, generator=generator)
 
 
-def _noise_args(seed, p, block_size, offset, rescale, straight_through) -> tuple:
-    """``(seed, p, block_size, offset, rescale, straight_through)`` as the schemas take them (a seed tensor).
+def _noise_args(op: str, seed, p, block_size, offset, rescale, straight_through) -> tuple:
+    """``(seed, p, block_size, offset, rescale, straight_through)`` as the schemas take them (a seed tensor),
+    each checked (:mod:`._args`: no silent truncation of ``block_size=4.5``, no truthiness of ``rescale="no"``).
 
     The wrappers' positional order ``(p, block_size, seed)`` is the documented one (fairseq's ``quant_noise``
     order); the schemas take the seed first. Everything after ``seed`` is keyword-only."""
-    seed = seed if isinstance(seed, Tensor) else torch.tensor(seed, dtype=torch.int64)
-    return seed, float(p), int(block_size), int(offset), bool(rescale), bool(straight_through)
+    return (
+        seed_arg(op, seed),
+        float_arg(op, "p", p),
+        int_arg(op, "block_size", block_size),
+        int_arg(op, "offset", offset),
+        bool_arg(op, "rescale", rescale),
+        bool_arg(op, "straight_through", straight_through),
+    )
 
 
 def block_noise(
@@ -73,7 +81,7 @@ def block_noise(
     Returns:
         A new contiguous tensor of ``weight``'s shape and dtype.
     """
-    args = _noise_args(seed, p, block_size, offset, rescale, straight_through)
+    args = _noise_args("block_noise", seed, p, block_size, offset, rescale, straight_through)
     return torch.ops.quantnoise.block_noise.default(weight, *args, noise, centroids)
 
 
@@ -137,7 +145,7 @@ def noisy_linear(
     Returns:
         ``[..., out]``.
     """
-    args = _noise_args(seed, p, block_size, offset, rescale, straight_through)
+    args = _noise_args("noisy_linear", seed, p, block_size, offset, rescale, straight_through)
     return torch.ops.quantnoise.noisy_linear.default(input, weight, bias, *args)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._args import bool_arg, int_arg, shape_arg
 from ._checks import (
     check_pq_codebook_args,
     check_pq_decode_shape,
@@ -56,7 +57,13 @@ def pq_decode(
         ``W`` of ``shape``.
     """
     return torch.ops.quantnoise.pq_decode.default(
-        codes, centroids, [int(s) for s in shape], centroid_scale, centroid_zero_point, codes_transposed, out_dtype
+        codes,
+        centroids,
+        shape_arg("pq_decode", shape),
+        centroid_scale,
+        centroid_zero_point,
+        bool_arg("pq_decode", "codes_transposed", codes_transposed),
+        out_dtype,
     )
 
 
@@ -103,8 +110,8 @@ def pq_linear(
         bias,
         centroid_scale,
         centroid_zero_point,
-        codes_transposed,
-        int(act_bits),
+        bool_arg("pq_linear", "codes_transposed", codes_transposed),
+        int_arg("pq_linear", "act_bits", act_bits),
         act_granularity,
         path,
     )

@@ -22,6 +22,7 @@ __all__ = [
     "check_kmeans_args",
     "check_n_centroids",
     "check_finite",
+    "check_model",
     "check_state_fits",
     "exact_codebook",
     "fewer_blocks_rule",
@@ -72,6 +73,23 @@ def check_finite(where: str, name: str, t: Tensor) -> None:
     n_bad = int((~torch.isfinite(t.detach())).sum())
     if n_bad:
         raise ValueError(f"{where}: {name} must be finite, got {n_bad} NaN or infinite values of {t.numel()}")
+
+
+def check_model(where: str, model: Any) -> None:
+    """``model`` is an ``nn.Module`` whose tensors hold values (none on the meta device: nothing to read or keep).
+
+    Raises:
+        TypeError: ``model`` is not a module.
+        ValueError: a parameter or buffer is on the meta device (named).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{where}: model must be an nn.Module, got {type(model).__name__}")
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.device.type == "meta":
+            raise ValueError(
+                f"{where}: the model's {name!r} is on the meta device (no values); allocate it first, e.g. "
+                "model.to_empty(device='cpu')"
+            )
 
 
 def exact_codebook(weight: Tensor, block_size: int) -> tuple[Tensor, Tensor]:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .._blocks import check_block_size, codes_dtype
-from ._checks import check_finite, check_state_fits
+from ._checks import check_finite, check_model, check_state_fits
 from ._model import load_remaining_state, replace_all
 from .quantizer import from_fairseq_order
 from .registry import is_pq_layer, pq_class_for, why_not_quantizable
@@ -143,6 +143,7 @@ def from_fairseq_state_dict(
             the wrong shape.
         RuntimeError: ``strict`` and the other keys do not match the model.
     """
+    check_model("from_fairseq_state_dict", model)
     if not isinstance(state_dict, dict):
         raise TypeError(f"from_fairseq_state_dict: state_dict must be a dict, got {type(state_dict).__name__}")
     if "model" in state_dict and isinstance(state_dict["model"], dict):

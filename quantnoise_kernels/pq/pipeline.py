@@ -137,6 +137,8 @@ def _plan_layer(
     for path, other in users:
         check_block_size(block_size, tuple(other.weight.shape), f"quantize_model_: layer {path!r}")
     pq_cls = pq_class_for(module)
+    if module.weight.device.type == "meta":
+        raise ValueError(f"{where}: its weight is on the meta device (no values to quantize or to keep)")
     if state_dict is not None:
         checkpoint = read_fairseq_layer(state_dict, fairseq_prefix(state_dict, name), module, where)
         return PlannedLayer(name, index, module, pq_cls, users, block_size, n_centroids, checkpoint)
@@ -171,8 +173,14 @@ def plan_quantization(
     Raises:
         as :func:`quantize_model_`.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"quantize_model_: model must be an nn.Module, got {type(model).__name__}")
     if isinstance(layers_to_quantize, str):
         layers_to_quantize = [layers_to_quantize]
+    if not isinstance(layers_to_quantize, Sequence) or not all(isinstance(p, str) for p in layers_to_quantize):
+        raise TypeError(
+            f"quantize_model_: layers_to_quantize must be a regex or a list of regexes, got {layers_to_quantize!r}"
+        )
     if not isinstance(step, int) or not 0 <= step < len(layers_to_quantize):
         raise IndexError(f"quantize_model_: step must be in [0, {len(layers_to_quantize)}), got {step!r}")
     if fewer_blocks not in FEWER_BLOCKS:

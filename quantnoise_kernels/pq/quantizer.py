@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._blocks import check_block_size, codes_dtype
+from .._blocks import MAX_CENTROIDS, check_block_size, codes_dtype
 from ..clustering import kmeans
 
 __all__ = ["PQ", "weight_to_blocks", "blocks_to_weight", "to_fairseq_order", "from_fairseq_order", "codes_dtype"]
@@ -27,8 +27,8 @@ def weight_to_blocks(weight: Tensor, block_size: int) -> Tensor:
     """
     if weight.dim() < 2:
         raise ValueError(f"weight_to_blocks: weight must have at least 2 dimensions, got shape {tuple(weight.shape)}")
-    check_block_size(block_size, tuple(weight.shape), "weight_to_blocks")
-    return weight.reshape(weight.shape[0], -1).reshape(-1, block_size)
+    row = check_block_size(block_size, tuple(weight.shape), "weight_to_blocks")
+    return weight.reshape(weight.shape[0], row).reshape(-1, block_size)  # not -1: also for 0 rows
 
 
 def blocks_to_weight(blocks: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
@@ -63,6 +63,19 @@ def from_fairseq_order(assignments: Tensor, out_features: int, n_centroids: int 
     return codes.to(codes_dtype(k))
 
 
+def _check_weight(weight: Tensor, n_centroids: int) -> None:
+    if not isinstance(weight, Tensor) or not weight.is_floating_point():
+        kind = f"dtype {weight.dtype}" if isinstance(weight, Tensor) else type(weight).__name__
+        raise TypeError(f"PQ: weight must be a float tensor, got {kind}")
+    if weight.device.type == "meta":
+        raise ValueError("PQ: weight must hold values, got a tensor on the meta device")
+    if isinstance(n_centroids, bool) or not isinstance(n_centroids, int) or not 1 <= n_centroids <= MAX_CENTROIDS:
+        raise ValueError(f"PQ: n_centroids must be an int in [1, {MAX_CENTROIDS}], got {n_centroids!r}")
+    n_bad = int((~torch.isfinite(weight.detach())).sum())
+    if n_bad:
+        raise ValueError(f"PQ: weight must be finite, got {n_bad} NaN or infinite values")
+
+
 class PQ:
     """Product quantization of one weight (fairseq's ``PQ`` on our block layout and k-means).
 
@@ -78,6 +91,11 @@ class PQ:
 
     After :meth:`encode`: ``codes`` ``[out, row // block_size]`` (uint8 if ``K <= 256`` else int32),
     ``centroids`` ``[K, block_size]`` float32, ``objective`` (k-means history).
+
+    Raises:
+        TypeError: ``weight`` is not a float tensor.
+        ValueError: ``weight`` has fewer than 2 dimensions, is on the meta device or holds NaN/infinity,
+            ``block_size`` does not divide its row, or ``n_centroids`` is not in ``[1, number of blocks]``.
     """
 
     def __init__(
@@ -91,11 +109,17 @@ class PQ:
         verbose: bool = False,
         seed: int | None = None,
     ) -> None:
+        _check_weight(weight, n_centroids)
         self.blocks = weight_to_blocks(weight.detach(), block_size)  # validates block_size
+        if self.blocks.shape[0] < n_centroids:
+            raise ValueError(
+                f"PQ: n_centroids={n_centroids} exceeds the {self.blocks.shape[0]} blocks of the weight "
+                f"(shape {tuple(weight.shape)}, block_size={block_size})"
+            )
         self.shape = tuple(weight.shape)
         self.dtype = weight.dtype
         self.block_size = int(block_size)
-        self.n_centroids = int(n_centroids)
+        self.n_centroids = n_centroids
         self.n_iter, self.eps, self.max_tentatives = int(n_iter), float(eps), int(max_tentatives)
         self.verbose, self.seed = verbose, seed
         self.codes: Tensor | None = None

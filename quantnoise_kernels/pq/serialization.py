@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .._blocks import UINT8_MAX_CENTROIDS, row_length
-from ._checks import check_finite, check_state_fits
+from ._checks import check_finite, check_model, check_state_fits
 from ._model import device_of, load_remaining_state, replace_all, share_storage, state_outside
 from .fairseq import from_fairseq_state_dict
 from .registry import is_pq_layer, pq_class_by_dense_name, pq_class_for
@@ -91,6 +91,13 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, *, centroid_dtype
     Raises:
         TypeError: ``centroid_dtype`` is not a float dtype or None.
     """
+    check_model("save_compressed", model)
+    if isinstance(path, (str, os.PathLike)):
+        parent = os.path.dirname(os.path.abspath(os.fspath(path)))
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"save_compressed: {os.fspath(path)!r} is a directory")
+        if not os.path.isdir(parent):
+            raise FileNotFoundError(f"save_compressed: the directory {parent!r} of {os.fspath(path)!r} does not exist")
     if centroid_dtype is not None and centroid_dtype not in (
         torch.float16,
         torch.bfloat16,
@@ -109,6 +116,7 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, *, centroid_dtype
             layers.append(dict(entry, same_module_as=first_path[id(module)]))
             continue
         first_path[id(module)] = name
+        check_finite(f"save_compressed: layer {name!r}", "its centroids", module.centroids)
         layers.append(_layer_entry(name, module, centroid_owner, centroid_dtype))
     rest = {k: _compact(v) for k, v in state_outside(model, [entry["name"] for entry in layers]).items()}
     payload = {
@@ -290,6 +298,7 @@ def load_compressed(
             from ``model`` (the message names the layer and the value).
         RuntimeError: non-quantized keys missing or unexpected (``strict``).
     """
+    check_model("load_compressed", model)
     data = _read(path, map_location)
     replacements = _build_layers(model, data["layers"])
     names = [name for name, _ in replacements]

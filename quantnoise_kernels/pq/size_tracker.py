@@ -90,6 +90,8 @@ class SizeTracker:
     """
 
     def __init__(self, model: nn.Module) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"SizeTracker: model must be an nn.Module, got {type(model).__name__}")
         self.model = model
         self.size_non_compressed_model = self.compute_size()
         self.size_non_quantized = self.size_non_compressed_model

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ... import ops
 from ..._blocks import check_block_size, codes_dtype, row_length
+from .._checks import check_finite
 from ..quantizer import PQ
 
 __all__ = ["PQLayer"]
@@ -88,6 +89,10 @@ class PQLayer(nn.Module):
         name = type(self).__name__
         if grad_reduction not in _REDUCTIONS:
             raise ValueError(f"{name}: grad_reduction must be one of {_REDUCTIONS}, got {grad_reduction!r}")
+        for arg, t in (("centroids", centroids), ("bias", bias)):
+            if t is not None and (not isinstance(t, Tensor) or not t.is_floating_point()):
+                kind = f"dtype {t.dtype}" if isinstance(t, Tensor) else type(t).__name__
+                raise TypeError(f"{name}: {arg} must be a float tensor, got {kind}")
         if centroids.dim() != 2:
             shape = tuple(centroids.shape)
             raise ValueError(f"{name}: centroids must be 2-D [n_centroids, block_size], got shape {shape}")
@@ -95,11 +100,22 @@ class PQLayer(nn.Module):
         out = self.weight_shape[0]
         if bias is not None and tuple(bias.shape) != (out,):
             raise ValueError(f"{name}: bias must have shape ({out},) [out], got {tuple(bias.shape)}")
+        for arg, t in (("codes", codes), ("bias", bias)):
+            if isinstance(t, Tensor) and t.device != centroids.device:
+                raise ValueError(f"{name}: {arg} must be on the centroids' device {centroids.device}, got {t.device}")
+        check_finite(name, "centroids", centroids)
         self.grad_reduction = grad_reduction
         self.centroids = nn.Parameter(centroids.detach().clone())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
-        self.register_buffer("counts", torch.zeros(centroids.shape[0], dtype=torch.int64), persistent=False)
+        counts = torch.zeros(centroids.shape[0], dtype=torch.int64, device=centroids.device)
+        self.register_buffer("counts", counts, persistent=False)
         self.set_codes(codes)
+
+    def _size_arg(self, arg: str, value: Any) -> int:
+        """A layer size (``in_features``, ``num_embeddings``, ...): an int >= 0."""
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{type(self).__name__}: {arg} must be an int >= 0, got {value!r}")
+        return value
 
     @property
     def block_size(self) -> int:
@@ -117,7 +133,11 @@ class PQLayer(nn.Module):
             raise ValueError(f"{name}: codes must have shape {expected} [out, row/block_size], got {shape}")
         if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
             raise TypeError(f"{name}: codes must be an integer tensor, got dtype {codes.dtype}")
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.n_centroids):
+        if (
+            codes.numel()
+            and codes.device.type != "meta"
+            and (int(codes.min()) < 0 or int(codes.max()) >= self.n_centroids)
+        ):
             raise ValueError(
                 f"{name}: codes must be in [0, n_centroids={self.n_centroids}), "
                 f"got values in [{int(codes.min())}, {int(codes.max())}]"
@@ -133,7 +153,10 @@ class PQLayer(nn.Module):
             self._buffers[name] = stored.to(self._buffers[name].device)
         else:
             self.register_buffer(name, stored)
-        self.counts = torch.bincount(codes.reshape(-1).long(), minlength=self.n_centroids).to(self.counts.device)
+        if codes.device.type == "meta":  # no values to count
+            self.counts = torch.zeros(self.n_centroids, dtype=torch.int64, device="meta")
+        else:
+            self.counts = torch.bincount(codes.reshape(-1).long(), minlength=self.n_centroids).to(self.counts.device)
 
     def interchange_codes(self) -> Tensor:
         """The codes as ``[out, row/block_size]`` (uint8 or int32), the layout files exchange."""

@@ -56,7 +56,9 @@ class _PQConvNd(PQLayer):
     ) -> None:
         super().__init__()
         name, ntuple = type(self).__name__, _ntuple(self._N)
-        if groups < 1 or in_channels % groups or out_channels % groups:
+        in_channels = self._size_arg("in_channels", in_channels)
+        out_channels = self._size_arg("out_channels", out_channels)
+        if not isinstance(groups, int) or groups < 1 or in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"{name}: groups={groups} must be positive and divide in_channels={in_channels} and "
                 f"out_channels={out_channels}"
@@ -70,7 +72,7 @@ class _PQConvNd(PQLayer):
         self.padding, self.padding_mode = ntuple(padding), padding_mode
         for arg, low in (("kernel_size", 1), ("stride", 1), ("dilation", 1), ("padding", 0)):
             value = getattr(self, arg)
-            if len(value) != self._N or any(v < low for v in value):
+            if len(value) != self._N or any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in value):
                 raise ValueError(f"{name}: {arg} must be {self._N} ints >= {low}, got {value}")
         self.path = "auto"
         self._init_codebook(centroids, codes, bias, grad_reduction)
@@ -95,6 +97,12 @@ class _PQConvNd(PQLayer):
             (s + 2 * p - d * (k - 1) - 1) // st + 1
             for s, p, d, k, st in zip(x.shape[2:], padding, self.dilation, self.kernel_size, self.stride)
         ]
+        if any(size < 1 for size in sizes):
+            dilated = tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_size))
+            raise ValueError(
+                f"{type(self).__name__}: input of spatial size {tuple(x.shape[2:])} (padded by {tuple(padding)}) "
+                f"is smaller than the dilated kernel {dilated}"
+            )
         ones, zeros = (1,) * (2 - self._N), (0,) * (2 - self._N)  # lift to the 2-d F.unfold takes
         x = x.reshape(*x.shape[:2], *ones, *x.shape[2:])
         kernel, dilation, stride = ones + self.kernel_size, ones + self.dilation, ones + self.stride
@@ -102,11 +110,15 @@ class _PQConvNd(PQLayer):
         return cols.transpose(1, 2), sizes
 
     def forward(self, x: Tensor) -> Tensor:
+        name = type(self).__name__
         if x.dim() not in (self._N + 1, self._N + 2):
             raise ValueError(
-                f"{type(self).__name__}: input must be [C, *spatial] or [N, C, *spatial] with {self._N} spatial "
+                f"{name}: input must be [C, *spatial] or [N, C, *spatial] with {self._N} spatial "
                 f"dimension(s), got shape {tuple(x.shape)}"
             )
+        if x.shape[-self._N - 1] != self.in_channels:
+            channels = x.shape[-self._N - 1]
+            raise ValueError(f"{name}: input must have in_channels={self.in_channels} channels, got {channels}")
         unbatched = x.dim() == self._N + 1
         if unbatched:
             x = x.unsqueeze(0)

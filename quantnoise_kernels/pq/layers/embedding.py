@@ -49,11 +49,13 @@ class PQEmbedding(PQLayer):
         grad_reduction: str = "sum",
     ) -> None:
         super().__init__()
+        num_embeddings = self._size_arg("num_embeddings", num_embeddings)
+        embedding_dim = self._size_arg("embedding_dim", embedding_dim)
         if padding_idx is not None:
             if not -num_embeddings <= padding_idx < num_embeddings:
                 raise ValueError(f"PQEmbedding: padding_idx must be within num_embeddings, got {padding_idx}")
             padding_idx = padding_idx % num_embeddings
-        self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.padding_idx, self.max_norm, self.norm_type = padding_idx, max_norm, norm_type
         self.scale_grad_by_freq, self.sparse = scale_grad_by_freq, sparse
         self._init_codebook(centroids, codes, None, grad_reduction)

@@ -37,7 +37,8 @@ class PQLinear(PQLayer):
         grad_reduction: str = "sum",
     ) -> None:
         super().__init__()
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.in_features = self._size_arg("in_features", in_features)
+        self.out_features = self._size_arg("out_features", out_features)
         self.path = "auto"
         self._init_codebook(centroids, codes, bias, grad_reduction)
 
