@@ -21,7 +21,7 @@ def _mlp() -> nn.Module:
 
 def _compressed(teacher: nn.Module) -> nn.Module:
     student = copy.deepcopy(teacher)
-    pq.quantize_model_(student, None, [r"0|2"], BLOCKS, CENTROIDS, verbose=False, seed=0)
+    pq.quantize_model_(student, None, [r"0|2"], BLOCKS, CENTROIDS, verbose=False, seed=0, centroid_dtype=torch.float16)
     return student
 
 
@@ -62,7 +62,7 @@ def test_tied_centroids_stay_shared_and_flags_restored():
     teacher = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16))
     teacher[1].weight = teacher[0].weight
     student = copy.deepcopy(teacher)
-    pq.quantize_model_(student, None, [r"\d"], BLOCKS, CENTROIDS, verbose=False, seed=0)
+    pq.quantize_model_(student, None, [r"\d"], BLOCKS, CENTROIDS, verbose=False, seed=0, centroid_dtype=torch.float16)
     assert student[0].centroids is student[1].centroids
     student[0].bias.requires_grad_(False)
     pq.finetune_centroids(student, teacher, [torch.randn(8, 16)], steps=2, progress=False)
@@ -142,7 +142,16 @@ def test_compress_staged_equals_quantize_model_stage_by_stage():
     tracker = pq.compress_staged(a, config, seed=5, n_iter=6, progress=False, after_stage=lambda s, m: calls.append(s))
     for step in range(2):
         pq.quantize_model_(
-            b, None, config["layers_to_quantize"], BLOCKS, CENTROIDS, step=step, n_iter=6, seed=5 + step, verbose=False
+            b,
+            None,
+            config["layers_to_quantize"],
+            BLOCKS,
+            CENTROIDS,
+            step=step,
+            n_iter=6,
+            seed=5 + step,
+            verbose=False,
+            centroid_dtype=torch.float16,  # compress_staged's default (quantize_model_'s is float32)
         )
     assert calls == [0, 1] and tracker.n_quantized_layers == 2
     for i in (0, 2):
