@@ -34,7 +34,9 @@ def test_quantize_model_fairseq_example(benchmark):
     def run():
         model = next(models)
         tracker = SizeTracker(model)
-        quantize_model_(model, tracker, [r"\d"], BLOCKS, CENTROIDS, n_iter=15, verbose=False, seed=0)
+        quantize_model_(
+            model, tracker, [r"\d"], BLOCKS, CENTROIDS, n_iter=15, verbose=False, seed=0, centroid_dtype=torch.float16
+        )
         return tracker
 
     tracker = benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
