@@ -228,7 +228,9 @@ def _tied_layers(layer: PlannedLayer, pq_module: PQLayer) -> dict[int, nn.Module
             pq_module.centroids.detach(),
             pq_module.interchange_codes(),
             None if bias is None else bias.detach().clone(),
+            **pq_module._codebook_args(),
         ).to(layer.module.weight.device)
+        tied.act_bits = pq_module.act_bits
         share_storage(tied, pq_module)
         if bias is not None:
             if id(bias) in new_bias:
@@ -239,7 +241,14 @@ def _tied_layers(layer: PlannedLayer, pq_module: PQLayer) -> dict[int, nn.Module
     return built
 
 
-def _build(layer: PlannedLayer, seed: int | None, distributed: bool, **from_float_args) -> dict[int, nn.Module]:
+def _build(
+    layer: PlannedLayer,
+    seed: int | None,
+    distributed: bool,
+    centroid_bits: int | None,
+    act_bits: int,
+    **from_float_args,
+) -> dict[int, nn.Module]:
     """The PQ layers of one planned weight (k-means, or the checkpoint's entries), broadcast from rank 0."""
     cls = layer.pq_cls
     if layer.checkpoint is not None:
@@ -256,6 +265,9 @@ def _build(layer: PlannedLayer, seed: int | None, distributed: bool, **from_floa
         pq_module = layer.pq_cls.from_float(
             layer.module, layer.block_size, layer.n_centroids, seed=layer_seed, **from_float_args
         )
+    if centroid_bits is not None:
+        pq_module.quantize_centroids_(centroid_bits)
+    pq_module.act_bits = act_bits
     pq_module = pq_module.to(layer.module.weight.device)
     if distributed:
         for tensor in list(pq_module.parameters()) + list(pq_module.buffers()):
@@ -274,6 +286,8 @@ def apply_plan(
     seed: int | None = None,
     centroid_dtype: torch.dtype = torch.float32,
     verbose: bool = True,
+    centroid_bits: int | None = None,
+    act_bits: int = 0,
 ) -> list[str]:
     """Build every planned PQ layer, then replace the modules and update ``size_tracker``.
 
@@ -288,14 +302,17 @@ def apply_plan(
         if verbose:
             message = "Quantizing layer %s with block size %d and %d centroids"
             logger.info(message, layer.name, layer.block_size, layer.n_centroids)
-        built.append(_build(layer, seed, distributed, **from_float_args))
+        built.append(_build(layer, seed, distributed, centroid_bits, act_bits, **from_float_args))
     replacements = [
         (path, by_module[id(other)]) for layer, by_module in zip(plan.layers, built) for path, other in layer.users
     ]
     replace_all(model, replacements)
     if size_tracker is not None:
+        centroid_bytes = 2 if centroid_bits is None else 1  # fairseq counts fp16 centroids; int8: 1 byte
         for layer in plan.layers:
-            size_tracker.update(layer.module.weight.detach(), layer.block_size, layer.n_centroids)
+            size_tracker.update(
+                layer.module.weight.detach(), layer.block_size, layer.n_centroids, centroid_bytes=centroid_bytes
+            )
     return [path for path, _ in replacements]
 
 
@@ -316,6 +333,8 @@ def quantize_model_(
     seed: int | None = None,
     centroid_dtype: torch.dtype = torch.float32,
     fewer_blocks: str = "reduce",
+    centroid_bits: int | None = None,
+    act_bits: int = 0,
 ) -> list[str]:
     """Quantize, in place, the layers selected by stage ``step`` and replace them by PQ layers (fairseq's API).
 
@@ -352,6 +371,12 @@ def quantize_model_(
             which encode it exactly (lossless up to ``centroid_dtype``); ``"skip"``: the layer stays dense;
             both warn, naming the layer. ``"error"``: raise (before anything changes). The ``size_tracker``
             counts the K used, and nothing for a skipped layer.
+        centroid_bits: iPQ & int8: store the centroids as int8 on a ``centroid_bits``-bit grid (2..8, one scale
+            and zero point per layer, :meth:`PQLayer.quantize_centroids_`); ``SizeTracker`` then counts 1 byte
+            per centroid entry. Such centroids are not trained: finetune float centroids, then call
+            ``quantize_centroids_`` on each layer, or quantize at the last stage.
+        act_bits: 0, or 8 to fake-quantize each PQ layer's input activations inside the op (``act_bits``
+            attribute of the layers).
 
     Returns:
         The names of the modules replaced, in order (a tied module is listed under each of its names).
@@ -367,6 +392,12 @@ def quantize_model_(
             (``n_iter``, ``eps``, ``max_tentatives``, ``seed``, ``fewer_blocks``) is out of range.
     """
     check_kmeans_args("quantize_model_", n_iter, eps, max_tentatives, seed, centroid_dtype, fewer_blocks)
+    if centroid_bits is not None and (
+        isinstance(centroid_bits, bool) or not isinstance(centroid_bits, int) or not 2 <= centroid_bits <= 8
+    ):
+        raise ValueError(f"quantize_model_: centroid_bits must be None or an int in [2, 8], got {centroid_bits!r}")
+    if act_bits not in (0, 8):
+        raise ValueError(f"quantize_model_: act_bits must be 0 or 8, got {act_bits!r}")
     plan = plan_quantization(
         model,
         layers_to_quantize,
@@ -387,4 +418,6 @@ def quantize_model_(
         seed=seed,
         centroid_dtype=centroid_dtype,
         verbose=verbose,
+        centroid_bits=centroid_bits,
+        act_bits=act_bits,
     )

@@ -9,6 +9,9 @@ File format (``torch.save`` of plain containers, loaded with ``weights_only=True
          "config": {...},                         # PQLayer.config(): the layer arguments (in/out, conv, embedding)
          "codes": Tensor[out, row/bs],            # interchange layout; uint8 (K <= 256), int16, or int32
          "centroids": Tensor[K, bs],              # the layer's dtype, fp16 by default (bit-exact)
+         "centroid_scale": Tensor[1],             # only with int8 centroids (iPQ & int8): float32 scale
+         "centroid_zero_point": Tensor[1],        #   and int32 zero point; value = (c - zero_point) * scale
+         "act_bits": 8,                           # only when the layer fake-quantizes its activations
          "bias": Tensor[out] | None,
          "tied_to": str | None,                   # shares centroids (and codes) with this earlier layer
          "same_module_as": str | None},           # the very same module object, under another name
@@ -74,8 +77,14 @@ def _layer_entry(
     else:
         centroid_owner[id(module.centroids)] = name
         entry["codes"] = _compact(_codes_for_file(codes, n_centroids))
-        centroids = module.centroids if centroid_dtype is None else module.centroids.to(centroid_dtype)
+        int8 = module.centroids.dtype == torch.int8  # iPQ & int8: written as held, with scale and zero point
+        centroids = module.centroids if centroid_dtype is None or int8 else module.centroids.to(centroid_dtype)
         entry["centroids"] = _compact(centroids)
+        if int8:
+            entry["centroid_scale"] = _compact(module.centroid_scale)
+            entry["centroid_zero_point"] = _compact(module.centroid_zero_point)
+    if module.act_bits:
+        entry["act_bits"] = module.act_bits
     return entry
 
 
@@ -232,18 +241,21 @@ def _build_layer(model: nn.Module, entry: dict[str, Any], restored: dict[str, nn
                 f"load_compressed: {name!r} shares its weight with {entry['tied_to']!r} in the file, not in the model"
             )
         centroids, codes = source.centroids.detach(), source.interchange_codes()
+        codebook = source._codebook_args()
     else:
         centroids, codes = _tensor(entry, "centroids"), _tensor(entry, "codes")
         if centroids.is_floating_point():
             check_finite(f"load_compressed: layer {name!r}", "its centroids", centroids)
         if codes.dtype == torch.int16:
             codes = codes.to(torch.int32)
+        codebook = {k: _tensor(entry, k) if k in entry else None for k in ("centroid_scale", "centroid_zero_point")}
     bias = entry["bias"] if entry["bias"] is None else _tensor(entry, "bias")
     try:
-        layer = pq_cls.from_config(entry["config"], centroids, codes, bias)
+        layer = pq_cls.from_config(entry["config"], centroids, codes, bias, **codebook)
     except (TypeError, ValueError) as error:
         raise ValueError(f"load_compressed: layer {name!r}: {error}") from error
     layer = layer.to(device_of(current))
+    layer.act_bits = entry.get("act_bits", 0)
     if source is not None:
         share_storage(layer, source)
     return layer

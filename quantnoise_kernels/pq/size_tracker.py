@@ -42,7 +42,7 @@ def _key(t: Tensor) -> tuple:
 def held_bytes(model: nn.Module) -> HeldBytes:
     """Bytes of every parameter and buffer of ``model``, each tensor counted once, split into buckets.
 
-    Within a PQ layer the ``centroids`` count as
+    Within a PQ layer the ``centroids`` (with their scale and zero point when int8) count as
     centroids, its ``bias`` as other, and its remaining buffers (the codes, in whatever layout the layer
     stores them) as codes.
     """
@@ -61,6 +61,8 @@ def held_bytes(model: nn.Module) -> HeldBytes:
     for module in model.modules():
         if is_pq_layer(module):
             add(module.centroids, "centroids")
+            add(getattr(module, "centroid_scale", None), "centroids")  # int8 centroids: scale, zero point
+            add(getattr(module, "centroid_zero_point", None), "centroids")
             for buf in module.buffers(recurse=False):
                 add(buf, "codes")
     for module in model.modules():
@@ -81,7 +83,7 @@ class SizeTracker:
         size_non_compressed_model: ``4 x numel`` of all parameters at construction.
         size_non_quantized: the part not quantized yet (starts equal to the above).
         size_index: indices, ``log2(K) / block_size`` bits per quantized weight.
-        size_centroids: ``K x block_size x 2`` bytes (fp16) per quantized layer.
+        size_centroids: ``K x block_size x 2`` bytes (fp16) per quantized layer (x 1 for int8 centroids).
         n_quantized_layers: number of :meth:`update` calls.
         original_held: :class:`HeldBytes` of the model at construction (true bytes, buffers included).
 
@@ -104,22 +106,28 @@ class SizeTracker:
         """fairseq's model size in MB: 4 bytes per parameter element (buffers ignored)."""
         return sum(p.numel() for p in self.model.parameters()) * 4 / _MB
 
-    def update(self, W: Tensor, block_size: int, n_centroids: int) -> None:
+    def update(self, W: Tensor, block_size: int, n_centroids: int, centroid_bytes: int = 2) -> None:
         """Account for one quantized layer of weight ``W`` (fairseq's formula, fractional bits allowed).
+
+        ``centroid_bytes``: bytes per centroid entry, 2 (fp16, fairseq's assumption) or 1 (int8 centroids).
 
         Raises:
             TypeError: ``W`` is not a tensor.
-            ValueError: ``block_size`` or ``n_centroids`` is not a positive int.
+            ValueError: ``block_size``, ``n_centroids`` or ``centroid_bytes`` is not a positive int.
         """
         if not isinstance(W, Tensor):
             raise TypeError(f"SizeTracker.update: W must be a tensor, got {type(W).__name__}")
-        for name, value in (("block_size", block_size), ("n_centroids", n_centroids)):
+        for name, value in (
+            ("block_size", block_size),
+            ("n_centroids", n_centroids),
+            ("centroid_bytes", centroid_bytes),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"SizeTracker.update: {name} must be a positive int, got {value!r}")
         bits_per_weight = math.log2(n_centroids) / block_size
         self.n_quantized_layers += 1
         self.size_index += bits_per_weight * W.numel() / 8 / _MB
-        self.size_centroids += n_centroids * block_size * 2 / _MB
+        self.size_centroids += n_centroids * block_size * centroid_bytes / _MB
         self.size_non_quantized -= W.numel() * 4 / _MB
 
     @property

@@ -9,6 +9,11 @@ computed in float32), the ``bias`` (None for a layer without one) and the codes 
 gradients (``grad_reduction="sum"``) or their mean over the blocks assigned to each centroid (``"mean"``; an
 empty cluster gets 0, never NaN).
 
+iPQ & int8 (the paper's best setting): the centroids may be int8 with a float32 ``centroid_scale`` and an int32
+``centroid_zero_point`` (buffers, one value each: value = ``(c - zero_point) * scale``), made by
+:meth:`PQLayer.quantize_centroids_` (or ``quantize_model_(..., centroid_bits=8)``). The kernels read them
+through their int8-centroid path; int8 centroids are not trained (finetune the float ones first).
+
 Conversion is owned here, keyed by ``_FLOAT_MODULE`` as in ``torch.ao.nn.qat``'s ``from_float``: a subclass
 names its dense class (``_FLOAT_MODULE``) and the dense constructor arguments it keeps (``_LAYER_ARGS``, its
 *config*), and implements ``weight_shape`` and ``forward``. The base gives :meth:`~PQLayer.from_float` (k-means
@@ -84,7 +89,15 @@ class PQLayer(nn.Module):
         """The shape of the dense weight this layer encodes (``[out, ...]``)."""
         raise NotImplementedError
 
-    def _init_codebook(self, centroids: Tensor, codes: Tensor, bias: Tensor | None, grad_reduction: str) -> None:
+    def _init_codebook(
+        self,
+        centroids: Tensor,
+        codes: Tensor,
+        bias: Tensor | None,
+        grad_reduction: str,
+        centroid_scale: Tensor | None = None,
+        centroid_zero_point: Tensor | None = None,
+    ) -> None:
         """Check and store the codebook, the codes and the bias (a subclass calls it after its layer arguments)."""
         name = type(self).__name__
         if grad_reduction not in _REDUCTIONS:
@@ -105,7 +118,8 @@ class PQLayer(nn.Module):
                 raise ValueError(f"{name}: {arg} must be on the centroids' device {centroids.device}, got {t.device}")
         check_finite(name, "centroids", centroids)
         self.grad_reduction = grad_reduction
-        self.centroids = nn.Parameter(centroids.detach().clone())
+        self.act_bits = 0
+        self._set_centroids(centroids.detach().clone(), centroid_scale, centroid_zero_point)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
         counts = torch.zeros(centroids.shape[0], dtype=torch.int64, device=centroids.device)
         self.register_buffer("counts", counts, persistent=False)
@@ -116,6 +130,40 @@ class PQLayer(nn.Module):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{type(self).__name__}: {arg} must be an int >= 0, got {value!r}")
         return value
+
+    def _set_centroids(self, centroids: Tensor, scale: Tensor | None, zero_point: Tensor | None) -> None:
+        name = type(self).__name__
+        is_int8 = centroids.dtype == torch.int8
+        if is_int8 != (scale is not None) or (zero_point is not None and not is_int8):
+            raise ValueError(
+                f"{name}: centroid_scale (and centroid_zero_point) go with int8 centroids, got centroids of dtype "
+                f"{centroids.dtype} and centroid_scale {'given' if scale is not None else 'None'}"
+            )
+        self.centroids = nn.Parameter(centroids, requires_grad=not is_int8)
+        for key in ("centroid_scale", "centroid_zero_point"):
+            self._buffers.pop(key, None)
+            self.__dict__.pop(key, None)
+        if is_int8:
+            if scale.numel() != 1 or not bool(scale.float().gt(0).all()):
+                raise ValueError(f"{name}: centroid_scale must be one positive value, got {scale.tolist()}")
+            zp = torch.zeros(1, dtype=torch.int32) if zero_point is None else zero_point
+            self.register_buffer("centroid_scale", scale.detach().float().reshape(1).to(centroids.device).clone())
+            self.register_buffer("centroid_zero_point", zp.detach().to(centroids.device, torch.int32).reshape(1))
+        else:
+            self.centroid_scale = self.centroid_zero_point = None
+
+    def quantize_centroids_(self, bits: int = 8) -> PQLayer:
+        """Store the centroids as int8 on a ``bits``-bit grid (2..8; affine, one scale and zero point, from
+        torchao's min/max observer), in place: iPQ & int8. The decoded weight becomes the centroids' fake
+        quantization. Returns ``self``. Raises ValueError for ``bits`` outside 2..8 or int8 centroids already."""
+        from ...scalar.qparams import QuantGrid, observe
+
+        if self.centroids.dtype == torch.int8:
+            raise ValueError(f"{type(self).__name__}: the centroids are int8 already")
+        qparams = observe(self.centroids.detach(), QuantGrid(bits, "tensor"), name="centroids")
+        codes, zero_point = qparams.to_int8(self.centroids.reshape(1, -1))
+        self._set_centroids(codes.view(self.centroids.shape), qparams.scale, zero_point)
+        return self
 
     @property
     def block_size(self) -> int:
@@ -168,6 +216,10 @@ class PQLayer(nn.Module):
             c = _grad_scaled(c, self.counts)
         return c
 
+    def _codebook_args(self) -> dict[str, Any]:
+        """The keyword arguments of the PQ ops describing the codebook: int8 scale and zero point."""
+        return {"centroid_scale": self.centroid_scale, "centroid_zero_point": self.centroid_zero_point}
+
     def extra_repr(self) -> str:
         defaults = inspect.signature(self._FLOAT_MODULE).parameters
         args = []
@@ -207,8 +259,11 @@ class PQLayer(nn.Module):
         bias: Tensor | None = None,
         *,
         grad_reduction: str = "sum",
+        centroid_scale: Tensor | None = None,
+        centroid_zero_point: Tensor | None = None,
     ) -> PQLayer:
-        """Build a layer from :meth:`config`, centroids ``[K, bs]`` (dtype kept), interchange codes and a bias.
+        """Build a layer from :meth:`config`, centroids ``[K, bs]`` (dtype kept), interchange codes and a bias
+        (int8 centroids: with their ``centroid_scale`` and ``centroid_zero_point``).
 
         Raises:
             ValueError: ``config`` has keys that are not layer arguments, or a bias for a layer without one.
@@ -221,7 +276,11 @@ class PQLayer(nn.Module):
             args["bias"] = bias
         elif bias is not None:
             raise ValueError(f"{cls.__name__}: takes no bias, got one of shape {tuple(bias.shape)}")
-        return cls(centroids, codes, **args, grad_reduction=grad_reduction)
+        layer = cls(centroids.float() if centroids.dtype == torch.int8 else centroids, codes, **args,
+                    grad_reduction=grad_reduction)  # fmt: skip
+        if centroids.dtype == torch.int8:
+            layer._set_centroids(centroids.detach().clone(), centroid_scale, centroid_zero_point)
+        return layer
 
     @classmethod
     def _check_float_module(cls, module: nn.Module) -> None:
@@ -271,9 +330,12 @@ class PQLayer(nn.Module):
         )
 
     def _dense_weight(self) -> Tensor:
-        dtype = torch.float32 if self.centroids.dtype in (torch.float16, torch.bfloat16) else self.centroids.dtype
+        half = (torch.float16, torch.bfloat16, torch.int8)
+        dtype = torch.float32 if self.centroids.dtype in half else self.centroids.dtype
         with torch.no_grad():
-            return ops.pq_decode(self.interchange_codes(), self.centroids, self.weight_shape, out_dtype=dtype)
+            return ops.pq_decode(
+                self.interchange_codes(), self.centroids, self.weight_shape, out_dtype=dtype, **self._codebook_args()
+            )
 
     def to_dense(self) -> nn.Module:
         """The ``_FLOAT_MODULE`` holding the decoded weight (float32 for half centroids) and the bias."""

@@ -124,8 +124,9 @@ class _PQConvNd(PQLayer):
             x = x.unsqueeze(0)
         cols, sizes = self._columns(x)
         c, g = self._centroids_for_forward(), self.groups
+        kw = dict(path=self.path, act_bits=self.act_bits, **self._codebook_args())
         if g == 1:
-            y = ops.pq_linear(cols, self.packed_codes, c, self.bias, codes_transposed=True, path=self.path)
+            y = ops.pq_linear(cols, self.packed_codes, c, self.bias, codes_transposed=True, **kw)
         else:
             row, og = cols.shape[-1] // g, self.out_channels // g
             ys = []
@@ -133,7 +134,7 @@ class _PQConvNd(PQLayer):
                 bias = None if self.bias is None else self.bias[i * og : (i + 1) * og]
                 codes = self.packed_codes[:, i * og : (i + 1) * og]
                 group_cols = cols[..., i * row : (i + 1) * row]
-                ys.append(ops.pq_linear(group_cols, codes, c, bias, codes_transposed=True, path=self.path))
+                ys.append(ops.pq_linear(group_cols, codes, c, bias, codes_transposed=True, **kw))
             y = torch.cat(ys, dim=-1)
         y = y.transpose(1, 2).reshape(x.shape[0], self.out_channels, *sizes)
         return y.squeeze(0) if unbatched else y

@@ -67,7 +67,7 @@ class PQEmbedding(PQLayer):
     def forward(self, indices: Tensor) -> Tensor:
         c = self._centroids_for_forward()
         out_dtype = torch.float64 if c.dtype == torch.float64 else torch.float32
-        out = ops.pq_embedding(indices, self.codes, c, out_dtype=out_dtype)
+        out = ops.pq_embedding(indices, self.codes, c, out_dtype=out_dtype, **self._codebook_args())
         if self.max_norm is not None:
             norms = out.detach().norm(p=self.norm_type, dim=-1, keepdim=True)
             out = out * torch.where(norms > self.max_norm, self.max_norm / (norms + 1e-7), torch.ones_like(norms))

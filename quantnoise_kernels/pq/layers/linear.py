@@ -20,7 +20,8 @@ class PQLinear(PQLayer):
         in_features, out_features: the layer's sizes.
         grad_reduction: ``"sum"`` or ``"mean"`` of block gradients per centroid.
 
-    Attribute ``path``: the ``ops.pq_linear`` path (``"auto"``, ``"lut"``, ``"tile"``); may be changed.
+    Attributes ``path``: the ``ops.pq_linear`` path (``"auto"``, ``"lut"``, ``"tile"``); ``act_bits``: 0, or 8 to
+    fake-quantize the activations inside the op (iPQ & int8 with int8 activations); both may be changed.
     """
 
     _FLOAT_MODULE = nn.Linear
@@ -48,5 +49,12 @@ class PQLinear(PQLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         return ops.pq_linear(
-            x, self.packed_codes, self._centroids_for_forward(), self.bias, codes_transposed=True, path=self.path
+            x,
+            self.packed_codes,
+            self._centroids_for_forward(),
+            self.bias,
+            codes_transposed=True,
+            path=self.path,
+            act_bits=self.act_bits,
+            **self._codebook_args(),
         )
