@@ -12,6 +12,8 @@
 // miss a __syncthreads give wrong results under some order, reproducibly. Because only the
 // scheduler moves threads, a barrier that part of a block can never complete is detected exactly
 // (no timeouts): the launch fails with an error naming the barrier, block and threads.
+// Races and missing barriers are reported by the race check (racecheck.h), which sees every
+// memory access of the kernel bodies through the compiler's -fsanitize=thread instrumentation.
 //
 // Include this header AFTER the ATen/torch headers and BEFORE the .cuh. Kernels use two macros
 // from quantnoise/cuda_compat.h that this header defines for the emulation:
@@ -20,6 +22,8 @@
 // Static `__shared__` arrays become function-local statics (shared by the block's threads;
 // launches are serialised, so one block at a time owns them).
 #pragma once
+
+#include <pthread.h>
 
 #include <algorithm>
 #include <atomic>
@@ -39,6 +43,8 @@
 #include <thread>
 #include <type_traits>
 #include <vector>
+
+#include "racecheck.h"
 
 #define QN_CUDA_EMU 1
 #define __global__
@@ -76,9 +82,11 @@ enum class Schedule { kForward, kReverse, kRandom };
 struct Settings {
   Schedule schedule = Schedule::kRandom;
   uint64_t seed = 0;
+  bool race_check = true;  // where the build has the instrumentation (racecheck.h)
 };
 
-// QN_EMU_SCHEDULE=forward|reverse|random and QN_EMU_SEED=N set the initial policy.
+// QN_EMU_SCHEDULE=forward|reverse|random, QN_EMU_SEED=N and QN_EMU_RACECHECK=0|1 set the
+// initial policy.
 inline Schedule parse_schedule(const std::string& name) {
   if (name == "forward") return Schedule::kForward;
   if (name == "reverse") return Schedule::kReverse;
@@ -91,6 +99,7 @@ inline Settings& settings() {
     Settings init;
     if (const char* env = std::getenv("QN_EMU_SCHEDULE")) init.schedule = parse_schedule(env);
     if (const char* env = std::getenv("QN_EMU_SEED")) init.seed = std::strtoull(env, nullptr, 10);
+    if (const char* env = std::getenv("QN_EMU_RACECHECK")) init.race_check = std::string(env) != "0";
     return init;
   }();
   return s;
@@ -138,7 +147,8 @@ struct Thread {
 // next one starts on another. So a block needs at most one worker per CUDA thread.
 struct Worker {
   std::binary_semaphore token{0};
-  int assigned = -1;  // CUDA thread to start when woken while idle
+  int assigned = -1;                     // CUDA thread to start when woken while idle
+  uintptr_t stack_lo = 0, stack_hi = 0;  // its stack: the race check ignores the kernel's locals
 };
 
 class GridRun;
@@ -147,7 +157,7 @@ inline thread_local int tl_thread = -1;
 
 class GridRun {
  public:
-  GridRun(dim3 grid, dim3 block, size_t smem, std::function<void()> body)
+  GridRun(dim3 grid, dim3 block, size_t smem, std::function<void()> body, LaunchInfo info = {})
       : grid_(grid), block_(block), smem_bytes_(smem), body_(std::move(body)) {
     n_ = static_cast<int>(block.size());
     n_blocks_ = grid.size();
@@ -156,6 +166,10 @@ class GridRun {
     if (grid.y > 65535 || grid.z > 65535) throw std::invalid_argument("cuda_emu: grid.y/z must be <= 65535");
     rng_.seed(settings().seed);
     policy_ = settings().schedule;
+    if (settings().race_check && race_check_available() && n_blocks_ > 0) {
+      const unsigned g[3] = {grid.x, grid.y, grid.z}, b[3] = {block.x, block.y, block.z};
+      race_ = std::make_unique<RaceCheck>(std::move(info), g, b);
+    }
   }
 
   void run() {
@@ -174,8 +188,9 @@ class GridRun {
 
   unsigned char* dynamic_smem() { return smem_.get(); }
 
-  // --- called by the running CUDA thread ---
+  // --- called by the running CUDA thread (tracking pauses: the harness's memory is its own) ---
   int syncthreads(int pred) {
+    const HarnessScope scope;
     Thread& me = *threads_[tl_thread];
     me.pred = pred;
     wait(me, State::kBlockBarrier);
@@ -183,6 +198,7 @@ class GridRun {
   }
 
   void warp_op(WarpOp op, unsigned mask, const void* value, size_t size, int arg, int width, void* result) {
+    const HarnessScope scope;
     Thread& me = *threads_[tl_thread];
     if (width <= 0 || width > warpSize || (width & (width - 1)) != 0) {
       fail("warp collective: width must be a power of two in [1, 32], got " + std::to_string(width));
@@ -197,8 +213,14 @@ class GridRun {
     if (size) std::memcpy(result, me.result, size);
   }
 
-  unsigned ballot_result() const { return threads_[tl_thread]->ballot; }
-  void set_pred(int p) { threads_[tl_thread]->pred = p; }
+  unsigned ballot_result() const {
+    const HarnessScope scope;
+    return threads_[tl_thread]->ballot;
+  }
+  void set_pred(int p) {
+    const HarnessScope scope;
+    threads_[tl_thread]->pred = p;
+  }
 
  private:
   static std::string dims(dim3 d) {
@@ -243,6 +265,15 @@ class GridRun {
   void worker_loop(int w) {
     tl_run = this;
     Worker& me = *workers_[w];
+    pthread_attr_t attr;
+    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+      void* lo = nullptr;
+      size_t size = 0;
+      pthread_attr_getstack(&attr, &lo, &size);
+      me.stack_lo = reinterpret_cast<uintptr_t>(lo);
+      me.stack_hi = me.stack_lo + size;
+      pthread_attr_destroy(&attr);
+    }
     for (;;) {
       me.token.acquire();
       if (shutdown_) return;
@@ -262,19 +293,35 @@ class GridRun {
     gridDim = grid_;
     if (!aborted_) {
       try {
+        resume_tracking(t);
         body_();
+        set_tracking(false);
       } catch (const Abort&) {
       } catch (const std::exception& e) {
         fail(std::string("exception in ") + thread_name(t) + " of " + block_name() + ": " + e.what());
       } catch (...) {
         fail("unknown exception in " + thread_name(t) + " of " + block_name());
       }
+      set_tracking(false);
+      check_races();
     }
     threads_[t]->state = State::kExited;
     ++exited_;
   }
 
+  // The running CUDA thread t (re)enters kernel code: the race check records its accesses.
+  void resume_tracking(int t) {
+    if (!race_) return;
+    const Worker& w = *workers_[threads_[t]->worker];
+    race_->resume(t, w.stack_lo, w.stack_hi);
+    set_tracking(!race_->failed());
+  }
+  void check_races() {
+    if (race_ && race_->failed()) fail(race_->error());
+  }
+
   void wait(Thread& me, State s) {
+    check_races();
     if (aborted_) throw Abort{};
     me.state = s;
     if (s == State::kBlockBarrier) ++at_barrier_;
@@ -285,6 +332,7 @@ class GridRun {
     workers_[w]->token.acquire();  // until the scheduler resumes this CUDA thread
     tl_thread = t;
     if (aborted_) throw Abort{};
+    if (race_) race_->resume(t, workers_[w]->stack_lo, workers_[w]->stack_hi);  // the caller's scope re-enables
   }
 
   void start_block() {
@@ -295,6 +343,7 @@ class GridRun {
     // with 0xff (NaN for floats, -1 for ints) so reading it before writing shows.
     smem_.reset(new unsigned char[smem_bytes_]);
     std::memset(smem_.get(), 0xff, smem_bytes_);
+    if (race_) race_->begin_block(block_linear_, smem_.get(), smem_bytes_);
     for (auto& th : threads_) {
       th->state = State::kNotStarted;
       th->worker = -1;
@@ -331,7 +380,8 @@ class GridRun {
         return;
       }
     }
-    if (waiting != need) return;  // others still to come (or a deadlock, found by dispatch)
+    if (waiting != need) return;                      // others still to come (or a deadlock, found by dispatch)
+    if (race_ && need == valid) race_->warp_sync(w);  // a full-warp collective orders the warp's lanes
     unsigned ballot = 0;
     for (int l = 0; l < warpSize; ++l)
       if ((need >> l & 1u) && threads_[base + l]->pred) ballot |= 1u << l;
@@ -384,6 +434,7 @@ class GridRun {
             th->state = State::kReady;
           }
           at_barrier_ = 0;
+          if (race_) race_->barrier();
         }
       }
       const int next = pick();
@@ -405,6 +456,7 @@ class GridRun {
       }
       if (exited_ == n_) {  // block done
         if (aborted_ || ++block_linear_ == n_blocks_) {
+          if (race_) race_->end_launch();
           if (caller_free) idle_[w] = true;
           finished_.release();
           return -1;
@@ -468,6 +520,7 @@ class GridRun {
   std::mt19937_64 rng_;
   Schedule policy_;
   std::binary_semaphore finished_{0};
+  std::unique_ptr<RaceCheck> race_;  // null unless race checking
 };
 
 inline GridRun& current(const char* what) {
@@ -476,7 +529,10 @@ inline GridRun& current(const char* what) {
   return *tl_run;
 }
 
-inline unsigned char* dynamic_shared_memory() { return current("dynamic shared memory").dynamic_smem(); }
+inline unsigned char* dynamic_shared_memory() {
+  const HarnessScope scope;
+  return current("dynamic shared memory").dynamic_smem();
+}
 
 // The emulated `kernel<<<grid, block, smem, stream>>>(args...)`: synchronous, throws
 // std::runtime_error when the launch fails (bad configuration, broken barrier, exception).
@@ -484,20 +540,30 @@ template <typename Kernel>
 struct Launch {
   dim3 grid, block;
   size_t smem;
+  const char* name;  // the launch expression, e.g. "pq_linear_gemv_kernel<code_t>"
   Kernel kernel;
   template <typename... Args>
   void operator()(Args&&... args) const {
     const std::lock_guard<std::mutex> lock(launch_mutex());
     ++launch_count();
+    LaunchInfo info{name, {}};
+    int index = 0;
+    auto note_arg = [&](const auto& a) {
+      if constexpr (std::is_pointer_v<std::decay_t<decltype(a)>>)
+        info.pointer_args.emplace_back(index, static_cast<const void*>(a));
+      ++index;
+    };
+    (note_arg(args), ...);
     // Each CUDA thread receives its own copies of the arguments, as on the device.
-    GridRun run(grid, block, smem, [&] { kernel(args...); });
+    GridRun run(grid, block, smem, [&] { kernel(args...); }, std::move(info));
     run.run();
   }
 };
 
 template <typename Kernel>
-Launch<Kernel> make_launch(dim3 grid, dim3 block, size_t smem, cudaStream_t /*stream*/, Kernel kernel) {
-  return Launch<Kernel>{grid, block, smem, kernel};
+Launch<Kernel> make_launch(dim3 grid, dim3 block, size_t smem, cudaStream_t /*stream*/, const char* name,
+                           Kernel kernel) {
+  return Launch<Kernel>{grid, block, smem, name, kernel};
 }
 
 template <typename T>
@@ -517,7 +583,8 @@ inline unsigned warp_vote(unsigned mask, int pred) {
 
 }  // namespace qn_emu
 
-#define QN_LAUNCH_KERNEL(grid, block, smem, stream, ...) ::qn_emu::make_launch(grid, block, smem, stream, __VA_ARGS__)
+#define QN_LAUNCH_KERNEL(grid, block, smem, stream, ...) \
+  ::qn_emu::make_launch(grid, block, smem, stream, #__VA_ARGS__, __VA_ARGS__)
 #define QN_DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(::qn_emu::dynamic_shared_memory())
 
 // ---- Synchronisation and warp collectives ----
