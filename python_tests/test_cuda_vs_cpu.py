@@ -52,20 +52,64 @@ def _kmeans_update_cases() -> list[tuple[str, Callable[[str], object]]]:
     return [("B=2 N=500 K=20 D=8", lambda dev: ops.kmeans_update(x.to(dev), codes.to(dev), 20))]
 
 
+def _int8_codebook(k: int, bs: int, per_centroid: bool) -> dict:
+    """int8 centroids with their scale and zero point (1 or K of each)."""
+    n = k if per_centroid else 1
+    return {
+        "centroids": torch.randint(-128, 128, (k, bs), dtype=torch.int8),
+        "centroid_scale": torch.rand(n) * 0.1 + 0.01,
+        "centroid_zero_point": torch.randint(-5, 5, (n,)).float(),
+    }
+
+
+def _on(d: str, kw: dict) -> dict:
+    return {key: v.to(d) if isinstance(v, torch.Tensor) else v for key, v in kw.items()}
+
+
+def _pq_codebooks(out_f: int, in_f: int, bs: int) -> list[tuple[str, torch.Tensor, dict]]:
+    """(name, codes, centroid kwargs): codes of both dtypes, float and int8 centroids."""
+    k = 256
+    codes = torch.randint(0, k, (out_f, in_f // bs), dtype=torch.uint8)
+    wide = torch.randint(0, 300, (out_f, in_f // bs), dtype=torch.int32)  # int32 codes, K > 256
+    return [
+        ("uint8 codes", codes, {"centroids": torch.randn(k, bs)}),
+        ("int32 codes, K < 256", codes.int(), {"centroids": torch.randn(k, bs)}),
+        ("int32 codes, K = 300", wide, {"centroids": torch.randn(300, bs)}),
+        ("int8 centroids, per-tensor scale", codes, _int8_codebook(k, bs, False)),
+        ("int8 centroids, per-centroid scale", codes, _int8_codebook(k, bs, True)),
+    ]
+
+
+def _pq_run(op: str, codes: torch.Tensor, codebook: dict, **kw) -> Callable[[str], object]:
+    """The op on fixed CPU inputs moved to a device."""
+    out_f, in_f = 48, 64
+    x, bias, idx = torch.randn(3, 5, in_f), torch.randn(out_f), torch.randint(0, out_f, (4, 7))
+
+    def run(d: str):
+        if op == "pq_decode":
+            return ops.pq_decode(codes.to(d), shape=(out_f, in_f), **_on(d, codebook))
+        if op == "pq_embedding":
+            return ops.pq_embedding(idx.to(d), codes.to(d), **_on(d, codebook))
+        return ops.pq_linear(x.to(d), codes.to(d), bias=bias.to(d), **_on(d, codebook), **kw)
+
+    return run
+
+
 def _pq_cases(op: str):
     def cases() -> list[tuple[str, Callable[[str], object]]]:
-        out_f, in_f, bs, k = 48, 64, 8, 256
-        codes = torch.randint(0, k, (out_f, in_f // bs), dtype=torch.uint8)
-        c = torch.randn(k, bs)
-        x, bias, idx = torch.randn(3, 5, in_f), torch.randn(out_f), torch.randint(0, out_f, (4, 7))
-        if op == "pq_decode":
-            return [("uint8 codes", lambda d: ops.pq_decode(codes.to(d), c.to(d), (out_f, in_f)))]
-        if op == "pq_embedding":
-            return [("uint8 codes", lambda d: ops.pq_embedding(idx.to(d), codes.to(d), c.to(d)))]
-        return [
-            (f"path={p}", lambda d, p=p: ops.pq_linear(x.to(d), codes.to(d), c.to(d), bias.to(d), path=p))
-            for p in ("auto", "lut")
+        books = _pq_codebooks(48, 64, 8)
+        if op != "pq_linear":
+            return [(name, _pq_run(op, codes, cb)) for name, codes, cb in books]
+        found = [
+            (f"{name}, path={p}", _pq_run(op, codes, cb, path=p))
+            for name, codes, cb in books
+            for p in ("auto", "lut", "tile")
         ]
+        _, codes, cb = books[0]  # activation fake-quant: both granularities, both kernels
+        for bits, gran, p in [(8, "tensor", "lut"), (4, "token", "lut"), (8, "token", "tile"), (4, "tensor", "tile")]:
+            run = _pq_run(op, codes, cb, act_bits=bits, act_granularity=gran, path=p)
+            found.append((f"act_bits={bits} {gran}, path={p}", run))
+        return found
 
     return cases
 
@@ -117,3 +161,22 @@ def test_cuda_op_matches_cpu_op(target, op):
             with cuda_emulation():
                 got = run("cpu")
         torch.testing.assert_close(got, expected, **TOLERANCE.get(op, {}), msg=lambda m, n=name: f"{op} {n}: {m}")
+
+
+@pytest.mark.skipif("cuda-emu" not in selected_devices(), reason="cuda-emu not in QUANTNOISE_TEST_DEVICE")
+@pytest.mark.parametrize("noise", ["drop", "centroid"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_emulated_device_resident_seed_matches_cpu(noise, dtype):
+    """block_noise's device-seed branch (the kernel reads the seed's two 32-bit words itself).
+    Emulated tensors are CPU tensors, so the op always takes the host-seed branch: a test op
+    launches the kernels as block_noise.cu does for a seed on the weight's device."""
+    from emu import load
+
+    load()
+    w = torch.randn(129, 72, dtype=dtype)
+    c = torch.randn(40, 8, dtype=dtype) if noise == "centroid" else None
+    for seed in (int(torch.randint(2**32, 2**62, ())), 5, -3):  # both words, low word only, negative
+        seed_t = torch.tensor(seed)
+        got = torch.ops.quantnoise_emu_test.block_noise_device_seed(w, seed_t, 0.3, 8, 3, True, noise, c)
+        expected = ops.block_noise(w, 0.3, 8, seed, offset=3, noise=noise, centroids=c)
+        assert torch.equal(got, expected), f"seed {seed}"

@@ -135,6 +135,13 @@ def test_op_errors(device):
     got = "" if runs_cuda_kernel(device) else ", got 7"
     with pytest.raises(ValueError, match=r"codes must lie in \[0, n_centroids=3\)" + got):
         ops.kmeans_update(x, torch.full((1, 10), 7, device=device), 3)
+    # The edges: one code equal to K (a write into the next centroid's row) or -1, among valid ones.
+    for bad in (3, -1):
+        codes = torch.randint(0, 3, (1, 10), device=device)
+        codes[0, 6] = bad
+        got = "" if runs_cuda_kernel(device) else f", got {bad}"
+        with pytest.raises(ValueError, match=r"codes must lie in \[0, n_centroids=3\)" + got):
+            ops.kmeans_update(x, codes, 3)
     with pytest.raises(ValueError, match="n_centroids must be in"):
         ops.kmeans_update(x, torch.zeros(1, 10, dtype=torch.int64, device=device), 0)
 

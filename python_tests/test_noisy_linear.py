@@ -14,9 +14,30 @@ DEVICES = device_params()
 P = 0.3
 
 
-# (input shape, weight shape, block_size): batch dims, one row, several L2 chunks with a chunk
-# boundary that is not a multiple of four blocks (in=1040: 1 MiB holds 252 rows).
-CASES = [((5, 32), (16, 32), 8), ((2, 3, 24), (7, 24), 4), ((1, 1040), (600, 1040), 8), ((0, 16), (8, 16), 4)]
+def _chunk_rows(in_features: int, element_size: int) -> int:
+    """Rows of W per chunk of the CPU kernel: chunk_rows() of csrc/cpu/noisy_linear.cpp (1 MiB)."""
+    return (1 << 20) // (in_features * element_size)
+
+
+# in=968 with blocks of 8: 121 blocks per row, and for every dtype (541, 270 or 135 rows per chunk)
+# the second chunk starts in the middle of a Philox group of 4 blocks (asserted below).
+CHUNKED_IN = 968
+# (input shape, weight shape, block_size): batch dims, one row, several chunks, empty.
+CASES = [
+    ((5, 32), (16, 32), 8),
+    ((2, 3, 24), (7, 24), 4),
+    ((1, CHUNKED_IN), (600, CHUNKED_IN), 8),
+    ((0, 16), (8, 16), 4),
+]
+
+
+# (element size, out_features) of the chunked cases: every dtype at 600 rows, float32 at 300 (gradients).
+@pytest.mark.parametrize("element_size,out_features", [(2, 600), (4, 600), (8, 600), (4, 300)])
+def test_chunked_cases_start_a_chunk_mid_group(element_size, out_features):
+    """The chunked cases cross a chunk boundary that splits a group of four Philox lanes."""
+    rows = _chunk_rows(CHUNKED_IN, element_size)
+    assert rows < out_features, "one chunk only"
+    assert rows * (CHUNKED_IN // 8) % 4 != 0, "the second chunk starts on a group boundary"
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -47,8 +68,8 @@ def test_non_contiguous_inputs(device):
 @pytest.mark.parametrize("straight_through", [True, False])
 @pytest.mark.parametrize("rescale", [True, False])
 def test_gradients_match_autograd_through_reference(device, straight_through, rescale):
-    x = torch.randn(3, 5, 1040, device=device, requires_grad=True)
-    w = torch.randn(300, 1040, device=device, requires_grad=True)
+    x = torch.randn(3, 5, CHUNKED_IN, device=device, requires_grad=True)
+    w = torch.randn(300, CHUNKED_IN, device=device, requires_grad=True)
     b = torch.randn(300, device=device, requires_grad=True)
     g = torch.randn(3, 5, 300, device=device)
     ops.noisy_linear(x, w, b, P, 8, 5, rescale=rescale, straight_through=straight_through).backward(g)
