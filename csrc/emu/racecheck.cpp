@@ -455,6 +455,21 @@ QN_HOOK void __tsan_vptr_update(void**, void*) {}
 QN_HOOK void __tsan_vptr_read(void**) {}
 QN_HOOK void __tsan_read_range(void* p, unsigned long size) { note(p, size, Access::kRead); }
 QN_HOOK void __tsan_write_range(void* p, unsigned long size) { note(p, size, Access::kWrite); }
+// Newer compilers may route memcpy/memset/memmove through these (GCC 12 calls libc directly).
+QN_HOOK void* __tsan_memcpy(void* dst, const void* src, size_t n) {
+  note(src, n, Access::kRead);
+  note(dst, n, Access::kWrite);
+  return std::memcpy(dst, src, n);
+}
+QN_HOOK void* __tsan_memmove(void* dst, const void* src, size_t n) {
+  note(src, n, Access::kRead);
+  note(dst, n, Access::kWrite);
+  return std::memmove(dst, src, n);
+}
+QN_HOOK void* __tsan_memset(void* dst, int value, size_t n) {
+  note(dst, n, Access::kWrite);
+  return std::memset(dst, value, n);
+}
 
 #define QN_PLAIN_HOOKS(n)                                                                \
   QN_HOOK void __tsan_read##n(void* p) { note(p, n, Access::kRead); }                    \
