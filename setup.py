@@ -18,7 +18,15 @@ from setuptools import find_packages, setup
 from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-CSRC = os.path.join(ROOT, "csrc")
+# Source folders, relative to ROOT (setuptools rejects absolute source paths in an editable
+# install). CMakeLists.txt globs the same ones.
+CPU_SOURCES = ["csrc/*.cpp", "csrc/host/*.cpp", "csrc/cpu/*.cpp"]
+CUDA_SOURCES = ["csrc/cuda/*.cu"]
+
+
+def sources(patterns: list[str]) -> list[str]:
+    """The files matching the patterns, relative to ROOT, sorted."""
+    return sorted(os.path.relpath(p, ROOT) for pattern in patterns for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
 def want_cuda() -> bool:
@@ -41,8 +49,8 @@ def want_cuda() -> bool:
 def extension() -> cpp_extension.CppExtension:
     debug = os.environ.get("DEBUG", "0") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3", "-g0", "-DNDEBUG"]
-    sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")) + glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
-    include_dirs = [os.path.join(CSRC, "include")]
+    cpu_sources = sources(CPU_SOURCES)
+    include_dirs = [os.path.join(ROOT, "csrc", "include")]
     # QUANTNOISE_SANITIZE=1: AddressSanitizer + UBSan build for `make test-asan` (never for wheels).
     sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize=vptr"]
     if os.environ.get("QUANTNOISE_SANITIZE", "0") == "1":
@@ -52,13 +60,12 @@ def extension() -> cpp_extension.CppExtension:
     if not want_cuda():
         return cpp_extension.CppExtension(
             "quantnoise_kernels._C",
-            sources,
+            cpu_sources,
             include_dirs=include_dirs,
             extra_compile_args=args,
             extra_link_args=link,
             py_limited_api=True,
         )
-    sources += sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
     # cuBLAS/cuSPARSE headers of pip-installed CUDA live in site-packages/nvidia/cu13/include.
     nvidia = os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia")
     include_dirs += sorted(glob.glob(os.path.join(nvidia, "cu*", "include")))
@@ -67,7 +74,7 @@ def extension() -> cpp_extension.CppExtension:
     args["nvcc"] = nvcc_opt + ["--expt-relaxed-constexpr"]
     return cpp_extension.CUDAExtension(
         "quantnoise_kernels._C",
-        sources,
+        cpu_sources + sources(CUDA_SOURCES),
         include_dirs=include_dirs,
         extra_compile_args=args,
         extra_link_args=link,

@@ -10,6 +10,8 @@ from functools import cache
 
 import torch
 
+import quantnoise_kernels
+
 __all__ = ["cpu_model", "cpu_flags", "isa_path", "machine_info", "machine_summary", "machine_slug", "load_text"]
 
 
@@ -34,16 +36,8 @@ def cpu_flags() -> set[str]:
 
 
 def isa_path() -> str:
-    """The CPU path our kernels take: the widest the CPU has, capped by ``QUANTNOISE_CPU_ISA``."""
-    flags = cpu_flags()
-    isa = "portable"
-    if {"avx2", "fma"} <= flags:
-        isa = "avx512" if "avx512f" in flags else "avx2"
-    order = ["portable", "avx2", "avx512"]
-    cap = os.environ.get("QUANTNOISE_CPU_ISA")
-    if cap in order and order.index(cap) < order.index(isa):
-        isa = cap
-    return isa
+    """The CPU path our kernels take: the widest the CPU runs, capped by ``QUANTNOISE_CPU_ISA``."""
+    return quantnoise_kernels.cpu_isa()
 
 
 def load_text(load: list[float] | None = None) -> str:

@@ -1,17 +1,7 @@
 // Every op schema of the library, in one place (DESIGN §2). Device kernels register their
-// implementations in csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu; fake kernels and autograd
-// formulas live in quantnoise_kernels/ops/ (one module per family).
-#include <Python.h>
+// implementations in csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu (the same stem on both devices);
+// fake kernels and autograd formulas live in quantnoise_kernels/ops/ (one module per family).
 #include <torch/library.h>
-
-// _C is an empty Python module: importing it loads this library, whose static initialisers
-// register the ops with the dispatcher. No pybind11, so one wheel serves every CPython >= 3.9.
-extern "C" {
-PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
-}
-}
 
 TORCH_LIBRARY(quantnoise, m) {
   // Fused Quant-Noise on the blocks of `weight` (DESIGN §3.1). Block b (block_size consecutive

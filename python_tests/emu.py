@@ -2,7 +2,7 @@
 
 ``cuda_emulation()`` makes the ``quantnoise`` ops run their *CUDA* kernels, emulated on CPU
 threads, for CPU tensors: for every op whose emulated launcher is registered (under the spare
-dispatch key ``PrivateUse3``, see csrc/emu/emu_registry.h), the CPU kernel is overridden for the
+dispatch key ``PrivateUse3``, see csrc/emu/launcher.h), the CPU kernel is overridden for the
 duration by a redispatch to that key. Autograd, fake kernels and wrappers are unchanged, so a
 test parametrized with the ``cuda-emu`` device exercises the whole op through the CUDA kernel.
 
@@ -45,9 +45,9 @@ def load() -> None:
     name = "quantnoise_emu_asan" if sanitize else "quantnoise_emu"
     build_dir = ROOT / "build" / name
     build_dir.mkdir(parents=True, exist_ok=True)
-    # The host helpers the .cu launchers link (not ops.cpp: the main extension defines the schemas).
-    shared = [str(ROOT / "csrc" / name) for name in ("checks.cpp", "kmeans_host.cpp", "pq_host.cpp")]
-    sources = sorted(glob.glob(str(ROOT / "csrc" / "emu" / "*.cpp"))) + shared
+    # The emulated launchers and the host helpers they link (csrc/host/, as the real build); not
+    # csrc/*.cpp: the main extension defines the schemas and the Python module.
+    sources = sorted(glob.glob(str(ROOT / "csrc" / "emu" / "*.cpp")) + glob.glob(str(ROOT / "csrc" / "host" / "*.cpp")))
     opt = ["-O1", "-g1", *SANITIZE_FLAGS] if sanitize else ["-O2", "-g0", *RACECHECK_FLAGS]
     cpp_extension.load(
         name,

@@ -20,7 +20,7 @@ ISAS = ["avx512", "avx2", "portable"]
 @pytest.fixture(params=ISAS)
 def isa(request, monkeypatch):
     """Run a CPU test on every code path (the kernel caps its ISA from this variable per call)."""
-    monkeypatch.setenv("QUANTNOISE_KMEANS_ISA", request.param)
+    monkeypatch.setenv("QUANTNOISE_CPU_ISA", request.param)
     return request.param
 
 
@@ -63,11 +63,11 @@ def test_all_isas_identical():
     x, c = torch.randn(3, 1000, 9), torch.randn(3, 300, 9)
     outs = []
     for name in ISAS:
-        os.environ["QUANTNOISE_KMEANS_ISA"] = name
+        os.environ["QUANTNOISE_CPU_ISA"] = name
         try:
             outs.append(ops.kmeans_assign(x, c))
         finally:
-            del os.environ["QUANTNOISE_KMEANS_ISA"]
+            del os.environ["QUANTNOISE_CPU_ISA"]
     for codes, d in outs[1:]:
         assert torch.equal(codes, outs[0][0]) and torch.equal(d, outs[0][1])
 

@@ -22,6 +22,7 @@ from .clustering import KMeansResult, kmeans  # noqa: E402
 from .noise import quant_noise, quant_noise_weight, remove_quant_noise  # noqa: E402
 
 __all__ = [
+    "cpu_isa",
     "ops",
     "reference",
     "quant_noise",
@@ -31,3 +32,14 @@ __all__ = [
     "KMeansResult",
 ]
 __version__ = "0.1.0"
+
+
+def cpu_isa() -> str:
+    """The instruction-set path the CPU kernels take now: ``"avx512"``, ``"avx2"`` or ``"portable"``.
+
+    The widest path this CPU runs (avx512: AVX-512 F/BW/VL; avx2: AVX2 + FMA), capped by the
+    environment variable ``QUANTNOISE_CPU_ISA=avx512|avx2|portable``, which the kernels read at
+    every call. A cap the CPU cannot honour runs its widest path and warns once; an unknown value
+    raises ``ValueError`` (here and in every op with ISA-specific code).
+    """
+    return _C.cpu_isa()

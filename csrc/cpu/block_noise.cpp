@@ -10,6 +10,7 @@
 #include "block_noise_cpu.h"
 #include "quantnoise/checks.h"
 #include "quantnoise/cpu_alloc.h"
+#include "quantnoise/dispatch.h"
 #include "quantnoise/pq.h"
 
 namespace quantnoise {
@@ -17,8 +18,8 @@ namespace {
 
 // out[b] = noised(b) ? 0 : scale * in[b] for the local blocks b of a chunk whose first block
 // has global index `first`. Groups of four global blocks share one Philox call. kBlock > 0
-// makes the block length a compile-time constant, so the loop over a block unrolls into a few
-// vector instructions; kBlock == 0 handles any length.
+// (QN_DISPATCH_BLOCK_SIZE) makes the block length a compile-time constant, so the loop over a
+// block unrolls into a few vector instructions; kBlock == 0 handles any length.
 template <typename scalar_t, int64_t kBlock>
 void drop_blocks(const scalar_t* __restrict__ in, scalar_t* __restrict__ out, int64_t first, int64_t n_blocks,
                  int64_t runtime_block, const BlockRng& rng, double scale) {
@@ -46,23 +47,6 @@ void drop_blocks(const scalar_t* __restrict__ in, scalar_t* __restrict__ out, in
   });
 }
 
-template <typename scalar_t>
-void drop_blocks_dispatch(const scalar_t* in, scalar_t* out, int64_t first, int64_t n_blocks, int64_t block_size,
-                          const BlockRng& rng, double scale) {
-  switch (block_size) {  // the block sizes iPQ uses; others take the generic loop
-    case 4:
-      return drop_blocks<scalar_t, 4>(in, out, first, n_blocks, block_size, rng, scale);
-    case 8:
-      return drop_blocks<scalar_t, 8>(in, out, first, n_blocks, block_size, rng, scale);
-    case 9:
-      return drop_blocks<scalar_t, 9>(in, out, first, n_blocks, block_size, rng, scale);
-    case 16:
-      return drop_blocks<scalar_t, 16>(in, out, first, n_blocks, block_size, rng, scale);
-    default:
-      return drop_blocks<scalar_t, 0>(in, out, first, n_blocks, block_size, rng, scale);
-  }
-}
-
 // noise="centroid": out[b] = noised(b) ? C[nearest(in[b])] : in[b] (s = 1), C [K][bs].
 template <typename scalar_t>
 void centroid_blocks(const scalar_t* __restrict__ in, scalar_t* __restrict__ out, int64_t n_blocks, int64_t block_size,
@@ -86,9 +70,9 @@ void centroid_blocks(const scalar_t* __restrict__ in, scalar_t* __restrict__ out
 
 at::Tensor block_noise_cpu(const at::Tensor& weight,  // [out, ...] float
                            const at::Tensor& seed,    // [] or [1] int64
-                           double p, int64_t block_size, int64_t offset, bool rescale, bool straight_through,
-                           c10::string_view noise, const std::optional<at::Tensor>& centroids) {
-  (void)straight_through;  // used only by the autograd formula (ops/noise.py)
+                           double p, int64_t block_size, int64_t offset, bool rescale,
+                           bool /*straight_through: the autograd formula's (ops/noise.py)*/, c10::string_view noise,
+                           const std::optional<at::Tensor>& centroids) {
   check_block_noise_args(weight, seed, p, block_size, rescale, noise);
   check_block_noise_centroids(weight, block_size, noise, centroids);
   const at::Tensor w = weight.contiguous();
@@ -114,8 +98,10 @@ void drop_blocks_cpu(const at::Tensor& in, at::Tensor& out, int64_t first_block,
                      const BlockRng& rng, double scale) {
   if (in.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "drop_blocks_cpu", [&] {
-    drop_blocks_dispatch<scalar_t>(in.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), first_block,
-                                   in.numel() / block_size, block_size, rng, scale);
+    QN_DISPATCH_BLOCK_SIZE(block_size, kBlock, [&] {
+      drop_blocks<scalar_t, kBlock>(in.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), first_block,
+                                    in.numel() / block_size, block_size, rng, scale);
+    });
   });
 }
 

@@ -5,8 +5,11 @@
 // (Kp = K rounded up to 16, padding scored +inf), so one FMA scores 16 (AVX-512) or 8 (AVX2)
 // centroids against one coordinate of a point. One point at a time would be bound by the FMA
 // latency chain; the kernels keep P points in flight (P independent accumulators per centroid
-// block), x coordinates broadcast straight from memory. The ISA is picked at run time; every
-// path computes the same FMA chain in the same order, so all give identical codes.
+// block), x coordinates broadcast straight from memory. The path is cpu_isa()'s
+// (quantnoise/cpu_features.h); every path computes the same FMA chain in the same order, so all
+// give identical codes.
+#include "quantnoise/kmeans.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -14,22 +17,23 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
-// GCC 12's _mm512_reduce_* start from _mm512_undefined_*, which -Wuninitialized flags (harmless).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <immintrin.h>
-
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
-#include <cstring>
 #include <limits>
 #include <vector>
 
 #include "quantnoise/checks.h"
 #include "quantnoise/cpu_alloc.h"
-#include "quantnoise/kmeans.h"
+#include "quantnoise/cpu_features.h"
+#include "quantnoise/dispatch.h"
 #include "quantnoise/kmeans_host.h"
+
+#if defined(QN_X86)
+// GCC 12's _mm512_reduce_* start from _mm512_undefined_*, which -Wuninitialized flags (harmless).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+#endif
 
 namespace quantnoise {
 namespace {
@@ -45,11 +49,12 @@ struct Codebook {
   int64_t k;
 };
 
+#if defined(QN_X86)
 // ---------------------------------------------------------------------------------------------
 // AVX-512: P points x 16 centroids per step.
 template <int P, int DC>
-__attribute__((target("avx512f,fma"))) void argmin_avx512(const float* __restrict__ x, int64_t dim_rt,
-                                                          const Codebook& cb, int32_t* __restrict__ out) {
+QN_TARGET_AVX512 void argmin_avx512(const float* __restrict__ x, int64_t dim_rt, const Codebook& cb,
+                                    int32_t* __restrict__ out) {
   const int64_t dim = DC > 0 ? DC : dim_rt;
   __m512 best[P];
   __m512i idx[P];
@@ -87,8 +92,8 @@ __attribute__((target("avx512f,fma"))) void argmin_avx512(const float* __restric
 // ---------------------------------------------------------------------------------------------
 // AVX2: P points x 8 centroids per step (16 ymm registers: P = 4).
 template <int P, int DC>
-__attribute__((target("avx2,fma"))) void argmin_avx2(const float* __restrict__ x, int64_t dim_rt, const Codebook& cb,
-                                                     int32_t* __restrict__ out) {
+QN_TARGET_AVX2 void argmin_avx2(const float* __restrict__ x, int64_t dim_rt, const Codebook& cb,
+                                int32_t* __restrict__ out) {
   const int64_t dim = DC > 0 ? DC : dim_rt;
   __m256 best[P];
   __m256 idx[P];  // int32 bit patterns, blended as floats
@@ -126,6 +131,7 @@ __attribute__((target("avx2,fma"))) void argmin_avx2(const float* __restrict__ x
     out[p] = code;
   }
 }
+#endif  // QN_X86
 
 // ---------------------------------------------------------------------------------------------
 // Portable: one point at a time, the same FMA chain (fmaf) and the same rule.
@@ -145,63 +151,45 @@ void argmin_portable(const float* __restrict__ x, int64_t dim, const Codebook& c
 
 // Exact squared distance of each point to its chosen centroid. Compiled twice so that fmaf
 // becomes one instruction where the CPU has FMA (a libm call otherwise); same value either way.
-__attribute__((target("fma"))) void distances_fma(const float* x, int64_t n, int64_t dim, const float* c,
+[[gnu::always_inline]] inline void distances_body(const float* x, int64_t n, int64_t dim, const float* c,
                                                   const int32_t* codes, float* dist) {
   for (int64_t i = 0; i < n; ++i) dist[i] = kmeans_squared_distance(x + i * dim, c + codes[i] * dim, dim);
 }
-
-void distances_portable(const float* x, int64_t n, int64_t dim, const float* c, const int32_t* codes, float* dist) {
-  for (int64_t i = 0; i < n; ++i) dist[i] = kmeans_squared_distance(x + i * dim, c + codes[i] * dim, dim);
+#if defined(QN_X86)
+QN_TARGET_AVX2 void distances_fma(const float* x, int64_t n, int64_t dim, const float* c, const int32_t* codes,
+                                  float* dist) {
+  distances_body(x, n, dim, c, codes, dist);
 }
-
-enum class Isa { kPortable, kAvx2, kAvx512 };
-
-// Widest ISA the CPU has; QUANTNOISE_KMEANS_ISA=portable|avx2|avx512 caps it (tests compare paths).
-Isa select_isa() {
-  Isa isa = Isa::kPortable;
-#if defined(__x86_64__) || defined(__i386__)
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isa = Isa::kAvx2;
-  if (isa == Isa::kAvx2 && __builtin_cpu_supports("avx512f")) isa = Isa::kAvx512;
 #endif
-  if (const char* env = std::getenv("QUANTNOISE_KMEANS_ISA")) {
-    if (std::strcmp(env, "portable") == 0) isa = Isa::kPortable;
-    if (std::strcmp(env, "avx2") == 0 && isa == Isa::kAvx512) isa = Isa::kAvx2;
-  }
-  return isa;
+void distances(CpuIsa isa, const float* x, int64_t n, int64_t dim, const float* c, const int32_t* codes, float* dist) {
+#if defined(QN_X86)
+  if (isa != CpuIsa::kPortable) return distances_fma(x, n, dim, c, codes, dist);
+#endif
+  distances_body(x, n, dim, c, codes, dist);
 }
 
-// Codes of n points x[n][dim] (fp32, contiguous).
+// Codes of n points x[n][dim] (fp32, contiguous). DC > 0: the dimension as a compile-time constant.
 template <int DC>
-void argmin_points(Isa isa, const float* x, int64_t n, int64_t dim, const Codebook& cb, int32_t* out) {
+void argmin_points(CpuIsa isa, const float* x, int64_t n, int64_t dim, const Codebook& cb, int32_t* out) {
   int64_t i = 0;
-  if (isa == Isa::kAvx512) {
+#if defined(QN_X86)
+  if (isa == CpuIsa::kAvx512) {
     constexpr int P = 8;
     for (; i + P <= n; i += P) argmin_avx512<P, DC>(x + i * dim, dim, cb, out + i);
     for (; i < n; ++i) argmin_avx512<1, DC>(x + i * dim, dim, cb, out + i);
-  } else if (isa == Isa::kAvx2) {
+  } else if (isa == CpuIsa::kAvx2) {
     constexpr int P = 4;
     for (; i + P <= n; i += P) argmin_avx2<P, DC>(x + i * dim, dim, cb, out + i);
     for (; i < n; ++i) argmin_avx2<1, DC>(x + i * dim, dim, cb, out + i);
-  } else {
-    for (; i < n; ++i) argmin_portable(x + i * dim, dim, cb, out + i);
   }
+#endif
+  for (; i < n; ++i) argmin_portable(x + i * dim, dim, cb, out + i);
 }
 
-using ArgminFn = void (*)(Isa, const float*, int64_t, int64_t, const Codebook&, int32_t*);
+using ArgminFn = void (*)(CpuIsa, const float*, int64_t, int64_t, const Codebook&, int32_t*);
 
 ArgminFn argmin_for_dim(int64_t dim) {
-  switch (dim) {  // the block sizes iPQ uses get compile-time D; any other D the generic loop
-    case 4:
-      return &argmin_points<4>;
-    case 8:
-      return &argmin_points<8>;
-    case 9:
-      return &argmin_points<9>;
-    case 16:
-      return &argmin_points<16>;
-    default:
-      return &argmin_points<0>;
-  }
+  return QN_DISPATCH_BLOCK_SIZE(dim, kDim, [] { return ArgminFn{&argmin_points<kDim>}; });
 }
 
 std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& x,            // [B, N, D]
@@ -229,7 +217,7 @@ std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& x,       
     }
   });
 
-  const Isa isa = select_isa();
+  const CpuIsa isa = cpu_isa();
   const ArgminFn argmin = argmin_for_dim(dim);
   const int64_t n_tiles = (n + kTile - 1) / kTile;
   int64_t* codes_ptr = codes.mutable_data_ptr<int64_t>();
@@ -255,11 +243,7 @@ std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& x,       
         }
         argmin(isa, xt, m, dim, cb, tile_codes);
         const float* cb_rows = c_ptr + b * k * dim;
-        if (isa == Isa::kPortable) {
-          distances_portable(xt, m, dim, cb_rows, tile_codes, dist_ptr + b * n + i0);
-        } else {
-          distances_fma(xt, m, dim, cb_rows, tile_codes, dist_ptr + b * n + i0);
-        }
+        distances(isa, xt, m, dim, cb_rows, tile_codes, dist_ptr + b * n + i0);
         for (int64_t i = 0; i < m; ++i) codes_ptr[b * n + i0 + i] = tile_codes[i];
       }
     });
@@ -338,4 +322,6 @@ TORCH_LIBRARY_IMPL(quantnoise, CPU, m) {
 
 }  // namespace quantnoise
 
+#if defined(QN_X86)
 #pragma GCC diagnostic pop
+#endif

@@ -53,8 +53,7 @@ at::Tensor noisy_linear_cpu(const at::Tensor& input,                // [..., in]
                             const at::Tensor& weight,               // [out, in]
                             const std::optional<at::Tensor>& bias,  // [out] or None
                             const at::Tensor& seed, double p, int64_t block_size, int64_t offset, bool rescale,
-                            bool straight_through) {
-  (void)straight_through;  // autograd only
+                            bool /*straight_through: the autograd formula's (ops/noise.py)*/) {
   check_noisy_linear_args(input, weight, bias, seed, p, block_size, rescale);
   const at::Tensor w = weight.contiguous();
   const at::Tensor x = input.reshape({-1, w.size(1)});

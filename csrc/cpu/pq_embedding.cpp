@@ -1,13 +1,13 @@
-// CPU kernel of quantnoise::pq_embedding: decodes only the rows looked up (DESIGN §3.3).
+// CPU kernel of quantnoise::pq_embedding: decodes only the rows looked up (DESIGN §3.3). Codes in
+// the interchange layout [num_embeddings, n_blocks] (quantnoise/pq.h).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
-#include <vector>
-
 #include "quantnoise/checks.h"
 #include "quantnoise/cpu_alloc.h"
+#include "quantnoise/dispatch.h"
 #include "quantnoise/pq_host.h"
 
 namespace quantnoise {
@@ -34,27 +34,20 @@ at::Tensor pq_embedding_cpu(const at::Tensor& indices, const at::Tensor& codes, 
                             const std::optional<at::Tensor>& centroid_scale,
                             const std::optional<at::Tensor>& centroid_zero_point,
                             std::optional<at::ScalarType> out_dtype) {
-  const PQShape s = check_pq_codebook_args("pq_embedding", codes, centroids, centroid_scale, centroid_zero_point, false,
-                                           indices.device());
-  check_pq_embedding_indices(indices, s);
-  const at::ScalarType dtype = check_pq_out_dtype("pq_embedding", centroids, out_dtype);
-  std::vector<int64_t> shape(indices.sizes().begin(), indices.sizes().end());
-  shape.push_back(s.n_blocks * s.block_size);
-  at::Tensor out = empty_cpu_output(shape, centroids.options().dtype(dtype));
+  const PQArgs a = check_pq_embedding_args(indices, codes, centroids, centroid_scale, centroid_zero_point, out_dtype);
+  const PQShape& s = a.s;
+  const at::ScalarType dtype = a.out_dtype;
+  at::Tensor out = empty_cpu_output(a.out_shape, centroids.options().dtype(dtype));
   if (out.numel() == 0) return out;
   const at::Tensor C = pq_dequantized_centroids(centroids, centroid_scale, centroid_zero_point, dtype);
   const at::Tensor cc = codes.contiguous(), ii = indices.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "pq_embedding_cpu", [&] {
     AT_DISPATCH_INDEX_TYPES(ii.scalar_type(), "pq_embedding_cpu_idx", [&] {
-      if (codes.scalar_type() == at::kByte) {
-        gather_rows<scalar_t, uint8_t, index_t>(ii.const_data_ptr<index_t>(), ii.numel(), cc.const_data_ptr<uint8_t>(),
-                                                s.n_blocks, C.const_data_ptr<scalar_t>(), s.block_size,
-                                                out.mutable_data_ptr<scalar_t>());
-      } else {
-        gather_rows<scalar_t, int32_t, index_t>(ii.const_data_ptr<index_t>(), ii.numel(), cc.const_data_ptr<int32_t>(),
-                                                s.n_blocks, C.const_data_ptr<scalar_t>(), s.block_size,
-                                                out.mutable_data_ptr<scalar_t>());
-      }
+      QN_DISPATCH_CODE_TYPES(codes.scalar_type(), "pq_embedding", [&] {
+        gather_rows<scalar_t, code_t, index_t>(ii.const_data_ptr<index_t>(), ii.numel(), cc.const_data_ptr<code_t>(),
+                                               s.n_blocks, C.const_data_ptr<scalar_t>(), s.block_size,
+                                               out.mutable_data_ptr<scalar_t>());
+      });
     });
   });
   return out;

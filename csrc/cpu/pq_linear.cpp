@@ -1,4 +1,5 @@
-// CPU kernels of quantnoise::pq_decode, pq_linear and pq_embedding (DESIGN §3.3).
+// CPU kernels of quantnoise::pq_decode and quantnoise::pq_linear (DESIGN §3.3; pq_embedding is
+// cpu/pq_embedding.cpp). Codes come in the interchange or the packed layout (quantnoise/pq.h).
 //
 // pq_linear has two paths:
 //  * LUT (small and medium batches): for a chunk of 16 rows, a table lut[j][k][r] = x_r[block j] .
@@ -7,9 +8,9 @@
 //    A single row on AVX-512 takes a register path instead: the 256-entry table of one input block
 //    lives in 16 zmm registers and 16 outputs are looked up at once by 8 two-table permutes and a
 //    3-level blend on the code's high bits (no gathers; codes of 16 outputs are 16 contiguous bytes
-//    in the transposed layout).
+//    in the packed layout).
 //  * tile (large batches, float64): decode a few hundred rows of W into a ~1 MiB buffer, at::mm.
-// The wide paths are compiled with target attributes and chosen at run time (no -march flags).
+// CPU paths (quantnoise/cpu_features.h): avx512 and portable; avx2 runs the portable code.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -22,31 +23,22 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#define QN_X86 1
-#endif
-
 #include "quantnoise/checks.h"
 #include "quantnoise/cpu_alloc.h"
+#include "quantnoise/cpu_features.h"
+#include "quantnoise/dispatch.h"
 #include "quantnoise/pq.h"
 #include "quantnoise/pq_host.h"
+
+#if defined(QN_X86)
+#include <immintrin.h>
+#endif
 
 namespace quantnoise {
 
 namespace {
 
 constexpr int64_t kRows = 16;  // rows served by one vector add in the LUT path
-
-bool cpu_has_avx512() {
-#if defined(QN_X86)
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
-#endif
-}
 
 // W[o - o0][j*bs + d] = C[code(o, j)][d] for o in [o0, o1); code(o, j) = codes[o*so + j*sj].
 template <typename scalar_t, typename code_t, int64_t kBs>
@@ -68,25 +60,17 @@ void decode_rows_impl(const code_t* codes, int64_t so, int64_t sj, const scalar_
 template <typename scalar_t, typename code_t>
 void decode_rows(const code_t* codes, int64_t so, int64_t sj, const scalar_t* C, int64_t bs, int64_t n_blocks,
                  int64_t o0, int64_t o1, scalar_t* W) {
-  switch (bs) {  // the block sizes iPQ uses get unrolled copies
-    case 4:
-      return decode_rows_impl<scalar_t, code_t, 4>(codes, so, sj, C, bs, n_blocks, o0, o1, W);
-    case 8:
-      return decode_rows_impl<scalar_t, code_t, 8>(codes, so, sj, C, bs, n_blocks, o0, o1, W);
-    case 16:
-      return decode_rows_impl<scalar_t, code_t, 16>(codes, so, sj, C, bs, n_blocks, o0, o1, W);
-    default:
-      return decode_rows_impl<scalar_t, code_t, 0>(codes, so, sj, C, bs, n_blocks, o0, o1, W);
-  }
+  QN_DISPATCH_BLOCK_SIZE(bs, kBs,
+                         [&] { decode_rows_impl<scalar_t, code_t, kBs>(codes, so, sj, C, bs, n_blocks, o0, o1, W); });
 }
 
 // ---------------------------------------------------------------------------------------------
-// LUT path, chunks of 16 rows. xT [in][16] (rows padded with zeros), codesT [n_blocks][out],
+// LUT path, chunks of 16 rows. xT [in][16] (rows padded with zeros), packed codes [n_blocks][out],
 // C [K][bs]. Blocks [j0, j1) accumulate into acc [out][16]; lut is a [kJc][K][16] scratch.
 constexpr int64_t kJc = 4;  // input blocks per table chunk: kJc * K * 64 B stays in L1/L2
 
 template <typename code_t>
-void lut_rows_portable(const float* xT, const code_t* codesT, const float* C, int64_t K, int64_t bs, int64_t out,
+void lut_rows_portable(const float* xT, const code_t* packed, const float* C, int64_t K, int64_t bs, int64_t out,
                        int64_t j0, int64_t j1, float* lut, float* acc) {
   for (int64_t jc = j0; jc < j1; jc += kJc) {
     const int64_t jn = std::min(kJc, j1 - jc);
@@ -105,7 +89,7 @@ void lut_rows_portable(const float* xT, const code_t* codesT, const float* C, in
       float a[kRows];
       std::memcpy(a, acc + o * kRows, sizeof(a));
       for (int64_t jj = 0; jj < jn; ++jj) {
-        const float* l = lut + (jj * K + static_cast<int64_t>(codesT[(jc + jj) * out + o])) * kRows;
+        const float* l = lut + (jj * K + static_cast<int64_t>(packed[(jc + jj) * out + o])) * kRows;
         for (int64_t r = 0; r < kRows; ++r) a[r] += l[r];
       }
       std::memcpy(acc + o * kRows, a, sizeof(a));
@@ -115,10 +99,8 @@ void lut_rows_portable(const float* xT, const code_t* codesT, const float* C, in
 
 #if defined(QN_X86)
 template <typename code_t>
-__attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void lut_rows_avx512(const float* xT, const code_t* codesT,
-                                                                              const float* C, int64_t K, int64_t bs,
-                                                                              int64_t out, int64_t j0, int64_t j1,
-                                                                              float* lut, float* acc) {
+QN_TARGET_AVX512 void lut_rows_avx512(const float* xT, const code_t* packed, const float* C, int64_t K, int64_t bs,
+                                      int64_t out, int64_t j0, int64_t j1, float* lut, float* acc) {
   for (int64_t jc = j0; jc < j1; jc += kJc) {
     const int64_t jn = std::min(kJc, j1 - jc);
     for (int64_t jj = 0; jj < jn; ++jj) {
@@ -131,7 +113,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void lut_rows_avx512(co
         _mm512_storeu_ps(lj + k * kRows, v);
       }
     }
-    const code_t* c0 = codesT + jc * out;
+    const code_t* c0 = packed + jc * out;
     if (jn == kJc) {  // the common case, unrolled: 4 independent table loads per output
       const code_t *c1 = c0 + out, *c2 = c1 + out, *c3 = c2 + out;
       const float *l0 = lut, *l1 = lut + K * kRows, *l2 = lut + 2 * K * kRows, *l3 = lut + 3 * K * kRows;
@@ -155,8 +137,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void lut_rows_avx512(co
   }
 }
 
-// One row, K <= 256, uint8 codes transposed. Ct [bs][256] (zero-padded past K). y[o0:o1] += x.W^T.
-__attribute__((target("avx512f,avx512bw,avx512vl,fma"))) inline __m512 lookup256(const __m512* T, __m512i idx) {
+// One row, K <= 256, uint8 codes packed. Ct [bs][256] (zero-padded past K). y[o0:o1] += x.W^T.
+QN_TARGET_AVX512 inline __m512 lookup256(const __m512* T, __m512i idx) {
   // vpermt2ps uses the low 5 bits: each permute reads one 32-entry slice of the table.
   const __m512 p0 = _mm512_permutex2var_ps(T[0], idx, T[1]);
   const __m512 p1 = _mm512_permutex2var_ps(T[2], idx, T[3]);
@@ -176,10 +158,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) inline __m512 lookup256
   return _mm512_mask_blend_ps(m7, r0, r1);
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void lut_row1_avx512(const float* x, const uint8_t* codesT,
-                                                                              const float* Ct, int64_t bs,
-                                                                              int64_t n_blocks, int64_t out, int64_t o0,
-                                                                              int64_t o1, float* y) {
+QN_TARGET_AVX512 void lut_row1_avx512(const float* x, const uint8_t* packed, const float* Ct, int64_t bs,
+                                      int64_t n_blocks, int64_t out, int64_t o0, int64_t o1, float* y) {
   for (int64_t j = 0; j < n_blocks; ++j) {
     __m512 T[16];
     for (int v = 0; v < 16; ++v) T[v] = _mm512_setzero_ps();
@@ -188,7 +168,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void lut_row1_avx512(co
       const float* cd = Ct + d * 256;
       for (int v = 0; v < 16; ++v) T[v] = _mm512_fmadd_ps(xd, _mm512_loadu_ps(cd + 16 * v), T[v]);
     }
-    const uint8_t* cj = codesT + j * out;
+    const uint8_t* cj = packed + j * out;
     int64_t o = o0;
     for (; o + 32 <= o1; o += 32) {  // two groups in flight
       const __m512i i0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(cj + o)));
@@ -205,20 +185,21 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void lut_row1_avx512(co
 }
 #endif  // QN_X86
 
-// y[M][out] (fp32, zeroed) = xf[M][in] . W^T through the LUT path.
+// y[M][out] (fp32, zeroed) = xf[M][in] . W^T through the LUT path, packed codes.
 template <typename code_t>
-void lut_linear(const float* xf, int64_t M, const code_t* codesT, const float* C, const PQShape& s, float* y) {
+void lut_linear(CpuIsa isa, const float* xf, int64_t M, const code_t* packed, const float* C, const PQShape& s,
+                float* y) {
   const int64_t K = s.n_centroids, bs = s.block_size, nb = s.n_blocks, out = s.out, in = nb * bs;
 #if defined(QN_X86)
   if constexpr (std::is_same_v<code_t, uint8_t>) {
-    if (M <= 2 && K <= 256 && cpu_has_avx512()) {
+    if (M <= 2 && K <= 256 && isa == CpuIsa::kAvx512) {
       std::vector<float> Ct(bs * 256, 0.f);  // [bs][256]: contiguous along the centroids
       for (int64_t k = 0; k < K; ++k)
         for (int64_t d = 0; d < bs; ++d) Ct[d * 256 + k] = C[k * bs + d];
       const int64_t groups = (out + 15) / 16;
       for (int64_t r = 0; r < M; ++r) {
         at::parallel_for(0, groups, 16, [&](int64_t g0, int64_t g1) {
-          lut_row1_avx512(xf + r * in, codesT, Ct.data(), bs, nb, out, g0 * 16, std::min(out, g1 * 16), y + r * out);
+          lut_row1_avx512(xf + r * in, packed, Ct.data(), bs, nb, out, g0 * 16, std::min(out, g1 * 16), y + r * out);
         });
       }
       return;
@@ -228,7 +209,6 @@ void lut_linear(const float* xf, int64_t M, const code_t* codesT, const float* C
   const int64_t n_threads = at::get_num_threads();
   std::vector<float> xT(in * kRows);
   std::vector<float> acc(n_threads * out * kRows);
-  const bool wide = cpu_has_avx512();
   for (int64_t r0 = 0; r0 < M; r0 += kRows) {
     const int64_t rn = std::min(kRows, M - r0);
     std::fill(xT.begin(), xT.end(), 0.f);
@@ -242,9 +222,10 @@ void lut_linear(const float* xf, int64_t M, const code_t* codesT, const float* C
       std::vector<float> lut(kJc * K * kRows);
       float* a = acc.data() + t * out * kRows;
 #if defined(QN_X86)
-      if (wide) return lut_rows_avx512<code_t>(xT.data(), codesT, C, K, bs, out, j0, j1, lut.data(), a);
+      if (isa == CpuIsa::kAvx512)
+        return lut_rows_avx512<code_t>(xT.data(), packed, C, K, bs, out, j0, j1, lut.data(), a);
 #endif
-      lut_rows_portable<code_t>(xT.data(), codesT, C, K, bs, out, j0, j1, lut.data(), a);
+      lut_rows_portable<code_t>(xT.data(), packed, C, K, bs, out, j0, j1, lut.data(), a);
     });
     for (int64_t t = 0; t < n_threads; ++t) {
       if (!used[t]) continue;
@@ -255,7 +236,6 @@ void lut_linear(const float* xf, int64_t M, const code_t* codesT, const float* C
       }
     }
   }
-  (void)wide;
 }
 
 // Tile path: y[M][out] = xf . W^T with W decoded ~1 MiB at a time.
@@ -297,10 +277,9 @@ void fake_quant_rows(scalar_t* x, int64_t M, int64_t in, int64_t bits, bool per_
 
 // 'auto': the LUT path unless the per-row table costs more than the decoded GEMM would
 // (nb*K*bs FMAs to build + ~3 ops per looked-up block, against out*in FMAs).
-bool use_lut(const PQShape& s, int64_t M, c10::string_view path) {
+bool use_lut(const PQShape& s, c10::string_view path) {
   if (path == "lut") return true;
   if (path == "tile") return false;
-  (void)M;
   const int64_t in = s.n_blocks * s.block_size;
   return s.n_blocks * s.n_centroids * s.block_size + 3 * s.n_blocks * s.out < s.out * in;
 }
@@ -309,15 +288,13 @@ at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& codes, const at:
                          const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& centroid_scale,
                          const std::optional<at::Tensor>& centroid_zero_point, bool codes_transposed, int64_t act_bits,
                          c10::string_view act_granularity, c10::string_view path) {
-  const PQShape s = check_pq_codebook_args("pq_linear", codes, centroids, centroid_scale, centroid_zero_point,
-                                           codes_transposed, x.device());
-  check_pq_linear_args(x, s, bias, act_bits, act_granularity, path);
+  const PQArgs a = check_pq_linear_args(x, codes, centroids, bias, centroid_scale, centroid_zero_point,
+                                        codes_transposed, act_bits, act_granularity, path);
+  const PQShape& s = a.s;
   const int64_t in = s.n_blocks * s.block_size;
   const int64_t M = in > 0 ? x.numel() / in : x.numel() / std::max<int64_t>(x.size(-1), 1);
   const bool fp64 = x.scalar_type() == at::kDouble;
   const at::ScalarType compute = fp64 ? at::kDouble : at::kFloat;
-  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
-  out_shape.back() = s.out;
   at::Tensor xf = x.reshape({-1, in}).to(compute).contiguous();
   if (act_bits > 0) {
     if (xf.is_same(x) || xf.data_ptr() == x.data_ptr()) xf = xf.clone();  // never write the input
@@ -328,53 +305,46 @@ at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& codes, const at:
   at::Tensor y = at::zeros({xf.size(0), s.out}, xf.options());
   if (M > 0 && s.out > 0 && in > 0) {
     const at::Tensor C = pq_dequantized_centroids(centroids, centroid_scale, centroid_zero_point, compute);
-    const bool lut = !fp64 && use_lut(s, M, path);
-    if (lut) {
-      const at::Tensor codesT = codes_transposed ? codes.contiguous() : codes.t().contiguous();
-      if (codes.scalar_type() == at::kByte) {
-        lut_linear<uint8_t>(xf.const_data_ptr<float>(), M, codesT.const_data_ptr<uint8_t>(), C.const_data_ptr<float>(),
-                            s, y.mutable_data_ptr<float>());
-      } else {
-        lut_linear<int32_t>(xf.const_data_ptr<float>(), M, codesT.const_data_ptr<int32_t>(), C.const_data_ptr<float>(),
-                            s, y.mutable_data_ptr<float>());
-      }
+    if (!fp64 && use_lut(s, path)) {
+      const CpuIsa isa = cpu_isa();
+      const at::Tensor packed = codes_transposed ? codes.contiguous() : codes.t().contiguous();
+      QN_DISPATCH_CODE_TYPES(codes.scalar_type(), "pq_linear", [&] {
+        lut_linear<code_t>(isa, xf.const_data_ptr<float>(), M, packed.const_data_ptr<code_t>(),
+                           C.const_data_ptr<float>(), s, y.mutable_data_ptr<float>());
+      });
     } else {
       const at::Tensor cc = codes.contiguous();
-      const int64_t so = codes_transposed ? 1 : s.n_blocks, sj = codes_transposed ? s.out : 1;
+      const CodeStrides st = pq_code_strides(codes_transposed, s.out, s.n_blocks);
       AT_DISPATCH_FLOATING_TYPES(compute, "pq_linear_tile", [&] {
-        if (codes.scalar_type() == at::kByte) {
-          tile_linear<scalar_t, uint8_t>(xf, cc.const_data_ptr<uint8_t>(), so, sj, C.const_data_ptr<scalar_t>(), s, y);
-        } else {
-          tile_linear<scalar_t, int32_t>(xf, cc.const_data_ptr<int32_t>(), so, sj, C.const_data_ptr<scalar_t>(), s, y);
-        }
+        QN_DISPATCH_CODE_TYPES(codes.scalar_type(), "pq_linear", [&] {
+          tile_linear<scalar_t, code_t>(xf, cc.const_data_ptr<code_t>(), st.so, st.sj, C.const_data_ptr<scalar_t>(), s,
+                                        y);
+        });
       });
     }
   }
   if (bias.has_value()) y.add_(bias->to(compute));
-  return y.to(x.scalar_type()).reshape(out_shape);
+  return y.to(a.out_dtype).reshape(a.out_shape);
 }
 
 at::Tensor pq_decode_cpu(const at::Tensor& codes, const at::Tensor& centroids, at::IntArrayRef shape,
                          const std::optional<at::Tensor>& centroid_scale,
                          const std::optional<at::Tensor>& centroid_zero_point, bool codes_transposed,
                          std::optional<at::ScalarType> out_dtype) {
-  const PQShape s = check_pq_codebook_args("pq_decode", codes, centroids, centroid_scale, centroid_zero_point,
-                                           codes_transposed, codes.device());
-  check_pq_decode_shape(s, shape);
-  const at::ScalarType dtype = check_pq_out_dtype("pq_decode", centroids, out_dtype);
+  const PQArgs a =
+      check_pq_decode_args(codes, centroids, shape, centroid_scale, centroid_zero_point, codes_transposed, out_dtype);
+  const PQShape& s = a.s;
+  const at::ScalarType dtype = a.out_dtype;
   at::Tensor w = empty_cpu_output(shape, centroids.options().dtype(dtype));
   if (w.numel() == 0) return w;
   const at::Tensor C = pq_dequantized_centroids(centroids, centroid_scale, centroid_zero_point, dtype);
   const at::Tensor cc = codes.contiguous();
-  const int64_t so = codes_transposed ? 1 : s.n_blocks, sj = codes_transposed ? s.out : 1;
+  const CodeStrides st = pq_code_strides(codes_transposed, s.out, s.n_blocks);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "pq_decode_cpu", [&] {
-    if (codes.scalar_type() == at::kByte) {
-      decode_rows<scalar_t, uint8_t>(cc.const_data_ptr<uint8_t>(), so, sj, C.const_data_ptr<scalar_t>(), s.block_size,
-                                     s.n_blocks, 0, s.out, w.mutable_data_ptr<scalar_t>());
-    } else {
-      decode_rows<scalar_t, int32_t>(cc.const_data_ptr<int32_t>(), so, sj, C.const_data_ptr<scalar_t>(), s.block_size,
-                                     s.n_blocks, 0, s.out, w.mutable_data_ptr<scalar_t>());
-    }
+    QN_DISPATCH_CODE_TYPES(codes.scalar_type(), "pq_decode", [&] {
+      decode_rows<scalar_t, code_t>(cc.const_data_ptr<code_t>(), st.so, st.sj, C.const_data_ptr<scalar_t>(),
+                                    s.block_size, s.n_blocks, 0, s.out, w.mutable_data_ptr<scalar_t>());
+    });
   });
   return w;
 }

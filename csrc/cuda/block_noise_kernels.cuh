@@ -7,6 +7,7 @@
 
 #include "quantnoise/blocks.h"
 #include "quantnoise/cuda_compat.h"
+#include "quantnoise/dispatch.h"
 #include "quantnoise/pq.h"
 
 namespace quantnoise {
@@ -23,8 +24,7 @@ __global__ void block_noise_drop_kernel(const scalar_t* __restrict__ in, scalar_
     rng.key0 = static_cast<uint32_t>(s);
     rng.key1 = static_cast<uint32_t>(s >> 32);
   }
-  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
+  QN_GRID_STRIDE_LOOP(i, numel) {
     const bool dropped = rng.block_noised(i / block_size);
     out[i] = dropped ? scalar_t(0) : static_cast<scalar_t>(scale * static_cast<opmath_t>(in[i]));
   }
@@ -49,8 +49,7 @@ __global__ void block_noise_centroid_kernel(const scalar_t* __restrict__ in, sca
     __syncthreads();
   }
   const scalar_t* Cr = use_smem_c ? cs : C;
-  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-  for (int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; b < n_blocks; b += stride) {
+  QN_GRID_STRIDE_LOOP(b, n_blocks) {
     const scalar_t* src = in + b * block_size;
     if (rng.block_noised(b)) src = Cr + nearest_centroid<opmath_t>(src, Cr, K, block_size) * block_size;
     for (int64_t d = 0; d < block_size; ++d) out[b * block_size + d] = src[d];
@@ -63,11 +62,10 @@ template <typename scalar_t, typename opmath_t>
 void launch_block_noise_centroid(const scalar_t* in, scalar_t* out, int64_t n_blocks, int64_t block_size,
                                  const scalar_t* C, int64_t K, BlockRng rng, const int64_t* seed_on_device,
                                  cudaStream_t stream) {
-  constexpr int threads = 256;
   const int64_t c_bytes = K * block_size * static_cast<int64_t>(sizeof(scalar_t));
   const bool use_smem_c = c_bytes <= kCentroidMaxSmemC;
-  const int64_t blocks = std::min<int64_t>((n_blocks + threads - 1) / threads, int64_t{1} << 20);
-  QN_LAUNCH_KERNEL(blocks, threads, use_smem_c ? static_cast<size_t>(c_bytes) : 0, stream,
+  QN_LAUNCH_KERNEL(grid_blocks(n_blocks, kThreadsPerBlock), kThreadsPerBlock,
+                   use_smem_c ? static_cast<size_t>(c_bytes) : 0, stream,
                    block_noise_centroid_kernel<scalar_t, opmath_t>)
   (in, out, n_blocks, block_size, C, K, use_smem_c, rng, seed_on_device);
 }
@@ -77,9 +75,8 @@ void launch_block_noise_centroid(const scalar_t* in, scalar_t* out, int64_t n_bl
 template <typename scalar_t, typename opmath_t>
 void launch_block_noise_drop(const scalar_t* in, scalar_t* out, int64_t numel, int64_t block_size, BlockRng rng,
                              const int64_t* seed_on_device, opmath_t scale, cudaStream_t stream) {
-  constexpr int threads = 256;
-  const int64_t blocks = std::min<int64_t>((numel + threads - 1) / threads, int64_t{1} << 20);
-  QN_LAUNCH_KERNEL(blocks, threads, 0, stream, block_noise_drop_kernel<scalar_t, opmath_t>)
+  QN_LAUNCH_KERNEL(grid_blocks(numel, kThreadsPerBlock), kThreadsPerBlock, 0, stream,
+                   block_noise_drop_kernel<scalar_t, opmath_t>)
   (in, out, numel, block_size, rng, seed_on_device, scale);
 }
 

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "quantnoise/cuda_compat.h"
+#include "quantnoise/dispatch.h"
 #include "quantnoise/kmeans.h"
 
 namespace quantnoise {
@@ -74,8 +75,7 @@ __global__ void kmeans_update_kernel(const scalar_t* __restrict__ x, const int64
                                      float* __restrict__ sums, unsigned long long* __restrict__ counts,
                                      int* __restrict__ bad, int64_t batch, int64_t n, int64_t k, int64_t dim) {
   const int64_t total = batch * n;
-  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < total; t += stride) {
+  QN_GRID_STRIDE_LOOP(t, total) {
     const int64_t b = t / n;
     const int64_t code = codes[t];
     if (code < 0 || code >= k) {
@@ -102,19 +102,17 @@ inline size_t kmeans_assign_smem_bytes(int64_t k, int64_t dim) {
 template <typename scalar_t, typename centroid_t>
 void launch_kmeans_assign(const scalar_t* x, const centroid_t* centroids, int64_t* codes, float* dist, int64_t batch,
                           int64_t n, int64_t k, int64_t dim, cudaStream_t stream) {
-  constexpr int threads = 256;
-  const int64_t blocks_x = std::min<int64_t>((n + threads - 1) / threads, 4096);
-  const dim3 grid(static_cast<unsigned>(blocks_x), static_cast<unsigned>(batch));
-  QN_LAUNCH_KERNEL(grid, threads, kmeans_assign_smem_bytes(k, dim), stream, kmeans_assign_kernel<scalar_t, centroid_t>)
+  const dim3 grid(grid_blocks(n, kThreadsPerBlock, 4096), static_cast<unsigned>(batch));
+  QN_LAUNCH_KERNEL(grid, kThreadsPerBlock, kmeans_assign_smem_bytes(k, dim), stream,
+                   kmeans_assign_kernel<scalar_t, centroid_t>)
   (x, centroids, codes, dist, n, k, dim, kmeans_assign_tile_k(k, dim));
 }
 
 template <typename scalar_t>
 void launch_kmeans_update(const scalar_t* x, const int64_t* codes, float* sums, unsigned long long* counts, int* bad,
                           int64_t batch, int64_t n, int64_t k, int64_t dim, cudaStream_t stream) {
-  constexpr int threads = 256;
-  const int64_t blocks = std::min<int64_t>((batch * n + threads - 1) / threads, int64_t{1} << 16);
-  QN_LAUNCH_KERNEL(blocks, threads, 0, stream, kmeans_update_kernel<scalar_t>)
+  QN_LAUNCH_KERNEL(grid_blocks(batch * n, kThreadsPerBlock, int64_t{1} << 16), kThreadsPerBlock, 0, stream,
+                   kmeans_update_kernel<scalar_t>)
   (x, codes, sums, counts, bad, batch, n, k, dim);
 }
 

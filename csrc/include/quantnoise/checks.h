@@ -1,4 +1,5 @@
-// Argument checks shared by the CPU and CUDA launchers (host only, uses ATen).
+// Argument checks shared by the CPU, CUDA and emulated CUDA launchers (host only, uses ATen;
+// defined in csrc/host/checks.cpp).
 //
 // Every message names the op, the argument and the value it got. Value errors raise Python
 // ValueError, dtype errors TypeError; internal invariants use TORCH_INTERNAL_ASSERT.
@@ -9,6 +10,7 @@
 
 #include <optional>
 #include <string_view>
+#include <vector>
 
 #include "quantnoise/kmeans.h"
 
@@ -42,29 +44,38 @@ void check_noisy_linear_backward_args(const at::Tensor& grad_output, const at::T
 void check_block_noise_centroids(const at::Tensor& weight, int64_t block_size, std::string_view noise,
                                  const std::optional<at::Tensor>& centroids);
 
-// PQ ops (DESIGN §3.3). codes: uint8 or int32, 2-D, [out, n_blocks] or (transposed) [n_blocks,
-// out]; centroids [K, block_size] float, or int8 with centroid_scale (and optional zero point)
-// holding 1 or K values. Every code must be < K (scanned unless uint8 with K >= 256).
-// Returns {out, n_blocks, K, block_size}.
+// PQ ops (DESIGN §3.3). codes: uint8 or int32, 2-D, [out, n_blocks] or, with
+// codes_transposed, packed [n_blocks, out]; centroids [K, block_size] float, or int8 with
+// centroid_scale (and optional zero point) holding 1 or K values. Every code must be < K (scanned
+// unless uint8 with K >= 256). Each check_pq_<op>_args checks all of the op's arguments and
+// returns the codebook's shape and the output's dtype and shape.
 struct PQShape {
   int64_t out, n_blocks, n_centroids, block_size;
 };
-PQShape check_pq_codebook_args(std::string_view op, const at::Tensor& codes, const at::Tensor& centroids,
-                               const std::optional<at::Tensor>& centroid_scale,
-                               const std::optional<at::Tensor>& centroid_zero_point, bool codes_transposed,
-                               const c10::Device& device);
+struct PQArgs {
+  PQShape s;
+  at::ScalarType out_dtype;
+  std::vector<int64_t> out_shape;
+};
+// pq_decode: shape [out, ...] with prod(shape[1:]) == n_blocks * block_size; output dtype
+// out_dtype if given (a float dtype), else the centroids' (float32 for int8 centroids).
+PQArgs check_pq_decode_args(const at::Tensor& codes, const at::Tensor& centroids, at::IntArrayRef shape,
+                            const std::optional<at::Tensor>& centroid_scale,
+                            const std::optional<at::Tensor>& centroid_zero_point, bool codes_transposed,
+                            std::optional<at::ScalarType> out_dtype);
 // pq_linear: x [..., n_blocks*block_size] float; bias [out] float or None; act_bits 0 (off) or
-// 2..16; act_granularity 'tensor' | 'token'; path 'auto' | 'lut' | 'tile'.
-void check_pq_linear_args(const at::Tensor& x, const PQShape& s, const std::optional<at::Tensor>& bias,
-                          int64_t act_bits, std::string_view act_granularity, std::string_view path);
-// pq_decode: shape [out, ...] with prod(shape[1:]) == n_blocks * block_size.
-void check_pq_decode_shape(const PQShape& s, at::IntArrayRef shape);
-// pq_embedding: indices integer, each in [0, out).
-void check_pq_embedding_indices(const at::Tensor& indices, const PQShape& s);
-// pq_decode / pq_embedding: the output dtype, out_dtype if given (a float dtype), else the
-// centroids' dtype (float32 for int8 centroids).
-at::ScalarType check_pq_out_dtype(std::string_view op, const at::Tensor& centroids,
-                                  std::optional<at::ScalarType> out_dtype);
+// 2..16; act_granularity 'tensor' | 'token'; path 'auto' | 'lut' | 'tile'. Output x.shape[:-1] +
+// [out] in x's dtype.
+PQArgs check_pq_linear_args(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& centroids,
+                            const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& centroid_scale,
+                            const std::optional<at::Tensor>& centroid_zero_point, bool codes_transposed,
+                            int64_t act_bits, std::string_view act_granularity, std::string_view path);
+// pq_embedding: codes in the interchange layout; indices int64/int32, each in [0, out). Output
+// indices.shape + [n_blocks * block_size], dtype as pq_decode's.
+PQArgs check_pq_embedding_args(const at::Tensor& indices, const at::Tensor& codes, const at::Tensor& centroids,
+                               const std::optional<at::Tensor>& centroid_scale,
+                               const std::optional<at::Tensor>& centroid_zero_point,
+                               std::optional<at::ScalarType> out_dtype);
 
 }  // namespace quantnoise
 

@@ -13,3 +13,11 @@
 #elif !defined(QN_CUDA_EMU)
 #error "a CUDA kernel body (.cuh) is compiled by nvcc, or by g++ after csrc/emu/cuda_emu.h"
 #endif
+
+// The grid-stride loop of a one-dimensional kernel, 64-bit: I takes this thread's global index,
+// then steps by the number of threads in the grid, while I < N.
+//   QN_GRID_STRIDE_LOOP(i, numel) { out[i] = ...; }
+#define QN_GRID_STRIDE_LOOP(I, N)                                                 \
+  for (int64_t I = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x,   \
+               qn_grid_stride_##I = static_cast<int64_t>(blockDim.x) * gridDim.x; \
+       I < (N); I += qn_grid_stride_##I)

@@ -1,5 +1,5 @@
 // Host helpers of the k-means ops shared by the CPU kernels, the CUDA launchers and the emulated
-// CUDA launchers (ATen, no kernels). Defined in csrc/kmeans_host.cpp, which the emulation
+// CUDA launchers (ATen, no kernels). Defined in csrc/host/kmeans_host.cpp, which the emulation
 // extension (python_tests/emu.py) compiles too.
 #pragma once
 

@@ -3,8 +3,11 @@
 // Weight layout: W.reshape(out, -1) is cut into blocks of block_size consecutive entries;
 // block (o, j) is centroids[codes[o][j]]. Codes come in two layouts:
 //   interchange [out, n_blocks]  (row-major, what files and other helpers exchange)
-//   transposed  [n_blocks, out]  (what the lookup kernels read: for an input block j, the codes
-//                                 of consecutive outputs are contiguous; ops.pq_pack_codes)
+//   packed      [n_blocks, out]  (what the lookup kernels read: for an input block j, the codes
+//                                 of consecutive outputs are contiguous; ops.pq_pack_codes,
+//                                 the layers' `packed_codes`)
+// The op schemas name the packed layout by their flag `codes_transposed=True` (a public argument
+// name, kept); the C++ calls it packed everywhere else.
 // Activation fake-quant: affine int-N per tensor or per row (token), straight-through backward.
 #pragma once
 
@@ -45,7 +48,14 @@ QN_INLINE float fake_quant_affine(float v, const AffineGrid& g) {
 
 namespace quantnoise {
 
-// Code of block (o, j): codes[o * so + j * sj] (so, sj = n_blocks, 1 interchange; 1, out transposed).
+// Where the code of block (o, j) lives: codes[o * so + j * sj].
+struct CodeStrides {
+  int64_t so, sj;
+};
+QN_INLINE CodeStrides pq_code_strides(bool packed, int64_t out, int64_t n_blocks) {
+  return packed ? CodeStrides{1, out} : CodeStrides{n_blocks, 1};
+}
+
 template <typename code_t>
 QN_INLINE int64_t pq_code_at(const code_t* codes, int64_t o, int64_t j, int64_t so, int64_t sj) {
   return static_cast<int64_t>(codes[o * so + j * sj]);
@@ -53,16 +63,14 @@ QN_INLINE int64_t pq_code_at(const code_t* codes, int64_t o, int64_t j, int64_t 
 
 // a * b rounded once, never contracted into an FMA by nvcc: squared distances must come out
 // bit-identical on the CPU, the GPU and in the reference (ties and near-ties pick the same index).
-QN_INLINE float qn_mul_rn(float a, float b) {
+template <typename T>  // float or double
+QN_INLINE T qn_mul_rn(T a, T b) {
 #if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-QN_INLINE double qn_mul_rn(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dmul_rn(a, b);
+  if constexpr (sizeof(T) == sizeof(float)) {
+    return __fmul_rn(a, b);
+  } else {
+    return __dmul_rn(a, b);
+  }
 #else
   return a * b;
 #endif

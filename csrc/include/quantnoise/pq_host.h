@@ -1,5 +1,5 @@
 // Host helpers of the PQ ops shared by the CPU kernels, the CUDA launchers and the emulated CUDA
-// launchers (ATen, no kernels). Defined in csrc/pq_host.cpp, which the emulation extension
+// launchers (ATen, no kernels). Defined in csrc/host/pq_host.cpp, which the emulation extension
 // (python_tests/emu.py) compiles too.
 #pragma once
 

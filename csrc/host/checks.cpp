@@ -1,3 +1,4 @@
+// Argument checks shared by the CPU, CUDA and emulated CUDA launchers (quantnoise/checks.h).
 #include "quantnoise/checks.h"
 
 #include <cmath>
@@ -119,6 +120,7 @@ void check_kmeans_update_args(const at::Tensor& x, const at::Tensor& codes, int6
 }  // namespace quantnoise
 
 namespace quantnoise {
+namespace {
 
 PQShape check_pq_codebook_args(std::string_view op, const at::Tensor& codes, const at::Tensor& centroids,
                                const std::optional<at::Tensor>& centroid_scale,
@@ -159,8 +161,8 @@ PQShape check_pq_codebook_args(std::string_view op, const at::Tensor& codes, con
   return PQShape{out, n_blocks, K, centroids.size(1)};
 }
 
-void check_pq_linear_args(const at::Tensor& x, const PQShape& s, const std::optional<at::Tensor>& bias,
-                          int64_t act_bits, std::string_view act_granularity, std::string_view path) {
+void check_pq_linear_operands(const at::Tensor& x, const PQShape& s, const std::optional<at::Tensor>& bias,
+                              int64_t act_bits, std::string_view act_granularity, std::string_view path) {
   constexpr std::string_view op = "pq_linear";
   QN_CHECK_TYPE(is_supported_float(x.scalar_type()), op, "x must be float32, float16, bfloat16 or float64, got dtype ",
                 x.scalar_type());
@@ -209,6 +211,42 @@ at::ScalarType check_pq_out_dtype(std::string_view op, const at::Tensor& centroi
       out_dtype.value_or(centroids.scalar_type() == at::kChar ? at::kFloat : centroids.scalar_type());
   QN_CHECK_TYPE(is_supported_float(dtype), op, "out_dtype must be a float dtype, got ", dtype);
   return dtype;
+}
+
+}  // namespace
+
+PQArgs check_pq_decode_args(const at::Tensor& codes, const at::Tensor& centroids, at::IntArrayRef shape,
+                            const std::optional<at::Tensor>& centroid_scale,
+                            const std::optional<at::Tensor>& centroid_zero_point, bool codes_transposed,
+                            std::optional<at::ScalarType> out_dtype) {
+  const PQShape s = check_pq_codebook_args("pq_decode", codes, centroids, centroid_scale, centroid_zero_point,
+                                           codes_transposed, codes.device());
+  check_pq_decode_shape(s, shape);
+  return {s, check_pq_out_dtype("pq_decode", centroids, out_dtype), shape.vec()};
+}
+
+PQArgs check_pq_linear_args(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& centroids,
+                            const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& centroid_scale,
+                            const std::optional<at::Tensor>& centroid_zero_point, bool codes_transposed,
+                            int64_t act_bits, std::string_view act_granularity, std::string_view path) {
+  const PQShape s = check_pq_codebook_args("pq_linear", codes, centroids, centroid_scale, centroid_zero_point,
+                                           codes_transposed, x.device());
+  check_pq_linear_operands(x, s, bias, act_bits, act_granularity, path);
+  std::vector<int64_t> out_shape = x.sizes().vec();
+  out_shape.back() = s.out;
+  return {s, x.scalar_type(), std::move(out_shape)};
+}
+
+PQArgs check_pq_embedding_args(const at::Tensor& indices, const at::Tensor& codes, const at::Tensor& centroids,
+                               const std::optional<at::Tensor>& centroid_scale,
+                               const std::optional<at::Tensor>& centroid_zero_point,
+                               std::optional<at::ScalarType> out_dtype) {
+  const PQShape s = check_pq_codebook_args("pq_embedding", codes, centroids, centroid_scale, centroid_zero_point,
+                                           /*codes_transposed=*/false, indices.device());
+  check_pq_embedding_indices(indices, s);
+  std::vector<int64_t> out_shape = indices.sizes().vec();
+  out_shape.push_back(s.n_blocks * s.block_size);
+  return {s, check_pq_out_dtype("pq_embedding", centroids, out_dtype), std::move(out_shape)};
 }
 
 }  // namespace quantnoise

@@ -1,5 +1,6 @@
-// CUDA kernel bodies of quantnoise::pq_decode, pq_linear and pq_embedding (DESIGN §3.3). No ATen
+// CUDA kernel bodies of quantnoise::pq_decode and quantnoise::pq_linear (DESIGN §3.3). No ATen
 // here: the emulation harness (csrc/emu/) compiles this file with g++ and runs it on CPU threads.
+// Codes in either layout, addressed through their strides (so, sj: quantnoise/pq.h).
 //
 // Every kernel reads float centroids C [K][bs] (int8 ones are dequantized by the launcher, a
 // K x bs tensor). pq_linear computes in float32 on float32 activations (the launcher converts
@@ -19,6 +20,7 @@
 #include <cstdint>
 
 #include "quantnoise/cuda_compat.h"
+#include "quantnoise/dispatch.h"
 #include "quantnoise/pq.h"
 
 namespace quantnoise {
@@ -30,8 +32,7 @@ __global__ void pq_decode_kernel(const code_t* __restrict__ codes, int64_t so, i
                                  const scalar_t* __restrict__ C, int64_t bs, int64_t n_blocks, int64_t numel,
                                  scalar_t* __restrict__ W) {
   const int64_t row = n_blocks * bs;
-  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
+  QN_GRID_STRIDE_LOOP(i, numel) {
     const int64_t o = i / row, e = i - o * row, j = e / bs, d = e - j * bs;
     W[i] = C[pq_code_at(codes, o, j, so, sj) * bs + d];
   }
@@ -40,34 +41,9 @@ __global__ void pq_decode_kernel(const code_t* __restrict__ codes, int64_t so, i
 template <typename scalar_t, typename code_t>
 void launch_pq_decode(const code_t* codes, int64_t so, int64_t sj, const scalar_t* C, int64_t bs, int64_t n_blocks,
                       int64_t numel, scalar_t* W, cudaStream_t stream) {
-  constexpr int threads = 256;
-  const int64_t blocks = std::min<int64_t>((numel + threads - 1) / threads, int64_t{1} << 20);
-  QN_LAUNCH_KERNEL(blocks, threads, 0, stream, pq_decode_kernel<scalar_t, code_t>)
+  QN_LAUNCH_KERNEL(grid_blocks(numel, kThreadsPerBlock), kThreadsPerBlock, 0, stream,
+                   pq_decode_kernel<scalar_t, code_t>)
   (codes, so, sj, C, bs, n_blocks, numel, W);
-}
-
-// ---------------------------------------------------------------------------------------------
-// pq_embedding: out[n][j*bs + d] = C[codes[indices[n]][j]][d] (interchange codes), per element.
-template <typename scalar_t, typename code_t, typename index_t>
-__global__ void pq_embedding_kernel(const index_t* __restrict__ indices, const code_t* __restrict__ codes,
-                                    const scalar_t* __restrict__ C, int64_t bs, int64_t n_blocks, int64_t numel,
-                                    scalar_t* __restrict__ out) {
-  const int64_t dim = n_blocks * bs;
-  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
-    const int64_t n = i / dim, e = i - n * dim, j = e / bs, d = e - j * bs;
-    const int64_t row = static_cast<int64_t>(indices[n]);
-    out[i] = C[pq_code_at(codes, row, j, n_blocks, int64_t{1}) * bs + d];
-  }
-}
-
-template <typename scalar_t, typename code_t, typename index_t>
-void launch_pq_embedding(const index_t* indices, const code_t* codes, const scalar_t* C, int64_t bs, int64_t n_blocks,
-                         int64_t numel, scalar_t* out, cudaStream_t stream) {
-  constexpr int threads = 256;
-  const int64_t blocks = std::min<int64_t>((numel + threads - 1) / threads, int64_t{1} << 20);
-  QN_LAUNCH_KERNEL(blocks, threads, 0, stream, pq_embedding_kernel<scalar_t, code_t, index_t>)
-  (indices, codes, C, bs, n_blocks, numel, out);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -76,8 +52,7 @@ void launch_pq_embedding(const index_t* indices, const code_t* codes, const scal
 template <typename T>  // T = float (a template so the header defines it once per program)
 __global__ void pq_act_fake_quant_kernel(const T* __restrict__ x, const T* __restrict__ lo, const T* __restrict__ hi,
                                          int64_t in, int64_t numel, int bits, bool per_token, T* __restrict__ xq) {
-  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
+  QN_GRID_STRIDE_LOOP(i, numel) {
     const int64_t r = per_token ? i / in : 0;
     xq[i] = fake_quant_affine(x[i], make_affine_grid(lo[r], hi[r], bits));
   }
@@ -85,10 +60,8 @@ __global__ void pq_act_fake_quant_kernel(const T* __restrict__ x, const T* __res
 
 inline void launch_pq_act_fake_quant(const float* x, const float* lo, const float* hi, int64_t in, int64_t numel,
                                      int bits, bool per_token, float* xq, cudaStream_t stream) {
-  constexpr int threads = 256;
-  const int64_t blocks = std::min<int64_t>((numel + threads - 1) / threads, int64_t{1} << 20);
-  QN_LAUNCH_KERNEL(blocks, threads, 0, stream, pq_act_fake_quant_kernel<float>)(x, lo, hi, in, numel, bits, per_token,
-                                                                                xq);
+  QN_LAUNCH_KERNEL(grid_blocks(numel, kThreadsPerBlock), kThreadsPerBlock, 0, stream, pq_act_fake_quant_kernel<float>)
+  (x, lo, hi, in, numel, bits, per_token, xq);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -166,8 +139,7 @@ void launch_pq_linear_gemv(const float* x, const code_t* codes, int64_t so, int6
                            const float* bias, int64_t M, int64_t out, int64_t n_blocks, int64_t K, int64_t bs, float* y,
                            cudaStream_t stream) {
   const bool use_smem_c = K * bs * static_cast<int64_t>(sizeof(float)) <= kGemvMaxSmemC;
-  const dim3 grid(static_cast<unsigned>((out + kGemvOutPerBlock - 1) / kGemvOutPerBlock),
-                  static_cast<unsigned>(std::min<int64_t>((M + kGemvRows - 1) / kGemvRows, 65535)));
+  const dim3 grid(grid_blocks(out, kGemvOutPerBlock, kMaxGridDimX), grid_blocks(M, kGemvRows, kMaxGridDimY));
   QN_LAUNCH_KERNEL(grid, kGemvWarps * 32, static_cast<size_t>(pq_gemv_smem_bytes(K, bs)), stream,
                    pq_linear_gemv_kernel<code_t>)
   (x, codes, so, sj, C, bias, M, out, n_blocks, K, bs, use_smem_c, y);
@@ -235,8 +207,7 @@ template <typename code_t>
 void launch_pq_linear_tile(const float* x, const code_t* codes, int64_t so, int64_t sj, const float* C,
                            const float* bias, int64_t M, int64_t out, int64_t n_blocks, int64_t bs, float* y,
                            cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>((out + kTileN - 1) / kTileN),
-                  static_cast<unsigned>(std::min<int64_t>((M + kTileM - 1) / kTileM, 65535)));
+  const dim3 grid(grid_blocks(out, kTileN, kMaxGridDimX), grid_blocks(M, kTileM, kMaxGridDimY));
   QN_LAUNCH_KERNEL(grid, kTileThreads, 0, stream, pq_linear_tile_kernel<code_t>)
   (x, codes, so, sj, C, bias, M, out, n_blocks, bs, y);
 }

@@ -1,0 +1,15 @@
+// Emulated CUDA launcher of quantnoise::pq_embedding: cuda/pq_embedding.cu itself (see launcher.h).
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include "quantnoise/checks.h"
+#include "quantnoise/dispatch.h"
+#include "quantnoise/pq_host.h"
+//
+#include "launcher.h"
+
+#define CUDA QN_EMU_DISPATCH_KEY
+#include "../cuda/pq_embedding.cu"
+#undef CUDA
