@@ -37,7 +37,8 @@ test-cpp: setup
 	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
 
 # CPU kernels and emulated CUDA kernels (csrc/emu/) built with -fsanitize=address,undefined, then
-# the test suite against that build. The build lives in $(ASAN_BUILD)/lib (package copy + _C), so
+# the test suite against that build. The build lives in $(ASAN_BUILD)/lib (copies of the package and
+# of benchmarks/, which test_benchmarks imports, + _C), so
 # the in-place build is untouched. The uninstrumented python needs libasan preloaded, and
 # libstdc++ with it (else ASan cannot intercept __cxa_throw: "CHECK failed ... real___cxa_throw").
 ASAN_BUILD ?= build/asan
@@ -45,7 +46,7 @@ ASAN_ENV = QUANTNOISE_SANITIZE=1 LD_PRELOAD="$$(gcc -print-file-name=libasan.so)
 	ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 test-asan: setup
 	rm -rf $(ASAN_BUILD)/lib && mkdir -p $(ASAN_BUILD)/lib
-	tar -cf - --exclude='*.so' --exclude=__pycache__ quantnoise_kernels | tar -xf - -C $(ASAN_BUILD)/lib
+	tar -cf - --exclude='*.so' --exclude=__pycache__ quantnoise_kernels benchmarks | tar -xf - -C $(ASAN_BUILD)/lib
 	QUANTNOISE_CUDA=0 QUANTNOISE_SANITIZE=1 MAX_JOBS=$(MAX_JOBS) $(PY) setup.py -q build_ext \
 		--build-lib $(ASAN_BUILD)/lib --build-temp $(ASAN_BUILD)/temp
 	cd $(ASAN_BUILD)/lib && $(ASAN_ENV) $(PY) -c 'import quantnoise_kernels as q; print("asan build:", q._C.__file__)'
@@ -72,7 +73,7 @@ $(CUDA_STAMP): Makefile
 
 cuda-build: $(CUDA_STAMP)
 	rm -rf $(CUDA_BUILD)/lib && mkdir -p $(CUDA_BUILD)/lib
-	tar -cf - --exclude='*.so' --exclude=__pycache__ quantnoise_kernels | tar -xf - -C $(CUDA_BUILD)/lib
+	tar -cf - --exclude='*.so' --exclude=__pycache__ quantnoise_kernels benchmarks | tar -xf - -C $(CUDA_BUILD)/lib
 	$(CUDA_ENV) TORCH_CUDA_ARCH_LIST="$(CUDA_ARCH)" $(CUDA_PY) setup.py -q build_ext \
 		--build-lib $(CUDA_BUILD)/lib --build-temp $(CUDA_BUILD)/temp
 	cd $(CUDA_BUILD)/lib && PYTHONPATH=. $(CUDA_PY) $(CURDIR)/tools/check_cuda_build.py
@@ -105,7 +106,7 @@ GPU_BUILD ?= build/gpu
 gpu-check: $(CUDA_STAMP)
 	@nvidia-smi -L >/dev/null 2>&1 || { echo "gpu-check: no NVIDIA GPU visible (nvidia-smi -L failed)"; exit 1; }
 	rm -rf $(GPU_BUILD)/lib && mkdir -p $(GPU_BUILD)/lib
-	tar -cf - --exclude='*.so' --exclude=__pycache__ quantnoise_kernels | tar -xf - -C $(GPU_BUILD)/lib
+	tar -cf - --exclude='*.so' --exclude=__pycache__ quantnoise_kernels benchmarks | tar -xf - -C $(GPU_BUILD)/lib
 	$(CUDA_ENV) TORCH_CUDA_ARCH_LIST="$$($(CUDA_PY) -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')" \
 		$(CUDA_PY) setup.py -q build_ext --build-lib $(GPU_BUILD)/lib --build-temp $(GPU_BUILD)/temp
 	cd $(GPU_BUILD)/lib && PYTHONPATH=. $(CUDA_PY) $(CURDIR)/tools/check_cuda_build.py
