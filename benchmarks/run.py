@@ -93,7 +93,8 @@ def peer_notes() -> list[str]:
 
 
 def demo_section(demo_dir: str, fig_dir: str, rel: str) -> tuple[list[str], str]:
-    """The main job's outputs if present: its PNGs (copied next to ours) and its JSON rows as a table."""
+    """The main job's outputs if present: its PNGs (copied next to ours) and its tables (its markdown
+    files as they are; without one, its JSON ``rows`` as a table)."""
     if not os.path.isdir(demo_dir):
         return [], f"(no demo results in {os.path.relpath(demo_dir)}: run `make demo` first)\n"
     figures, text = [], ""
@@ -101,7 +102,10 @@ def demo_section(demo_dir: str, fig_dir: str, rel: str) -> tuple[list[str], str]
         os.makedirs(fig_dir, exist_ok=True)
         shutil.copy(png, os.path.join(fig_dir, "demo_" + os.path.basename(png)))
         figures.append(f"{rel}/demo_{os.path.basename(png)}")
-    for path in sorted(glob.glob(os.path.join(demo_dir, "*.json"))):
+    for path in sorted(glob.glob(os.path.join(demo_dir, "*.md"))):
+        with open(path) as f:
+            text += f"From `{os.path.basename(path)}`:\n\n{f.read().strip()}\n\n"
+    for path in [] if text else sorted(glob.glob(os.path.join(demo_dir, "*.json"))):
         with open(path) as f:
             data = json.load(f)
         table = data.get("rows", []) if isinstance(data, dict) else data

@@ -97,6 +97,9 @@ def test_demo_results_are_included(tmp_path):
     assert figures == ["rel/demo_size_vs_fidelity.png"]
     assert os.path.exists(tmp_path / "out" / "demo_size_vs_fidelity.png")
     assert "| name | bytes | cosine |" in text and "| iPQ | 123 | 0.97 |" in text
+    (demo / "results.md").write_text("| recipe | cos |\n| --- | --- |\n| iPQ | 0.97 |\n")
+    _, text = run.demo_section(str(demo), str(tmp_path / "out"), "rel")  # its own markdown wins over the JSON
+    assert "From `results.md`" in text and "| iPQ | 0.97 |" in text and "bytes" not in text
     assert "make demo" in run.demo_section(str(tmp_path / "absent"), "x", "rel")[1]
 
 
