@@ -95,9 +95,16 @@ def peer_notes() -> list[str]:
 def demo_section(demo_dir: str, fig_dir: str, rel: str) -> tuple[list[str], str]:
     """The main job's outputs if present: its PNGs (copied next to ours) and its tables (its markdown
     files as they are; without one, its JSON ``rows`` as a table)."""
+    if not glob.glob(os.path.join(demo_dir, "*.json")) and glob.glob(os.path.join(demo_dir, "quick", "*.json")):
+        demo_dir = os.path.join(demo_dir, "quick")  # only `make demo-quick` has run
     if not os.path.isdir(demo_dir):
         return [], f"(no demo results in {os.path.relpath(demo_dir)}: run `make demo` first)\n"
-    figures, text = [], ""
+    figures, text = (
+        [],
+        f"Results of `{os.path.relpath(demo_dir)}`"
+        + (" (the --quick run)" if demo_dir.endswith("quick") else "")
+        + ".\n\n",
+    )
     for png in sorted(glob.glob(os.path.join(demo_dir, "*.png"))):
         os.makedirs(fig_dir, exist_ok=True)
         shutil.copy(png, os.path.join(fig_dir, "demo_" + os.path.basename(png)))
@@ -105,7 +112,8 @@ def demo_section(demo_dir: str, fig_dir: str, rel: str) -> tuple[list[str], str]
     for path in sorted(glob.glob(os.path.join(demo_dir, "*.md"))):
         with open(path) as f:
             text += f"From `{os.path.basename(path)}`:\n\n{f.read().strip()}\n\n"
-    for path in [] if text else sorted(glob.glob(os.path.join(demo_dir, "*.json"))):
+    has_md = bool(glob.glob(os.path.join(demo_dir, "*.md")))
+    for path in [] if has_md else sorted(glob.glob(os.path.join(demo_dir, "*.json"))):
         with open(path) as f:
             data = json.load(f)
         table = data.get("rows", []) if isinstance(data, dict) else data

@@ -101,6 +101,10 @@ def test_demo_results_are_included(tmp_path):
     _, text = run.demo_section(str(demo), str(tmp_path / "out"), "rel")  # its own markdown wins over the JSON
     assert "From `results.md`" in text and "| iPQ | 0.97 |" in text and "bytes" not in text
     assert "make demo" in run.demo_section(str(tmp_path / "absent"), "x", "rel")[1]
+    quick = tmp_path / "only_quick"
+    (quick / "quick").mkdir(parents=True)
+    (quick / "quick" / "results.json").write_text(json.dumps({"rows": [{"name": "dense"}]}))
+    assert "(the --quick run)" in run.demo_section(str(quick), str(tmp_path / "out2"), "rel")[1]
 
 
 def test_machine_slug_is_a_file_name():
