@@ -114,7 +114,7 @@ def kmeans_20_iterations(n: int, quick: bool) -> list[dict[str, Any]]:
     faiss = _faiss()
     if faiss is not None:
         cases["faiss.Kmeans"] = Case(_faiss_kmeans(faiss, x, 20))
-    rows = compare(group, cases, params={"N": n}, figure="kmeans_full", rounds=2 if quick else 3, min_round_s=0.0)
+    rows = compare(group, cases, params={"N": n}, figure="kmeans_training", rounds=2 if quick else 3, min_round_s=0.0)
     if faiss is None:
         rows.append(make_row(group, "faiss.Kmeans", "baseline", note=NO_FAISS))
     return rows
@@ -138,7 +138,7 @@ def batched_problems(batch: int, n: int, quick: bool) -> list[dict[str, Any]]:
         cases["faiss.Kmeans per problem (a loop)"] = Case(lambda: [run() for run in runs])
     targets = {"faiss.Kmeans per problem (a loop)": 5.0}
     rows = compare(
-        group, cases, params={"B": batch, "N": n}, figure="kmeans_full", targets=targets, rounds=3, min_round_s=0.0
+        group, cases, params={"B": batch, "N": n}, figure="kmeans_training", targets=targets, rounds=3, min_round_s=0.0
     )
     if faiss is None:
         rows.append(make_row(group, "faiss.Kmeans per problem (a loop)", "baseline", note=NO_FAISS, target=5.0))
