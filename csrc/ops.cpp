@@ -54,4 +54,16 @@ TORCH_LIBRARY(quantnoise, m) {
   m.def(
       "pq_embedding(Tensor indices, Tensor codes, Tensor centroids, Tensor? centroid_scale=None, "
       "Tensor? centroid_zero_point=None, ScalarType? out_dtype=None) -> Tensor");
+  // pq_linear_backward: pq_linear's gradients from the codes, never the dense weight: per input
+  // block, grad_out is scatter-added into K bins by code, then grad_x = bins . C and
+  // grad_centroids += bins^T . x (x: the activations the forward multiplied). Returns (grad_x with
+  // grad_out's shape[:-1] + [in] and dtype, or [0] unless input_grad; grad_centroids [K, block_size]
+  // float32 (float64 for float64 grad_out), or [0] unless centroids_grad).
+  m.def(
+      "pq_linear_backward(Tensor grad_out, Tensor? x, Tensor codes, Tensor centroids, Tensor? centroid_scale=None, "
+      "Tensor? centroid_zero_point=None, bool codes_transposed=False, bool input_grad=True, "
+      "bool centroids_grad=True) -> (Tensor, Tensor)");
+  // pq_embedding_backward: the centroid gradient of pq_embedding, [n_centroids, block_size] float32
+  // (float64 for float64 grad_out): the sum of grad_out's blocks by code (interchange codes).
+  m.def("pq_embedding_backward(Tensor grad_out, Tensor indices, Tensor codes, int n_centroids) -> Tensor");
 }

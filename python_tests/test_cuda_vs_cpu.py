@@ -95,8 +95,26 @@ def _pq_run(op: str, codes: torch.Tensor, codebook: dict, **kw) -> Callable[[str
     return run
 
 
+def _pq_backward_cases(op: str) -> list[tuple[str, Callable[[str], object]]]:
+    """The backward ops from codes (float centroids, uint8 codes)."""
+    out_f, in_f, bs, k = 48, 64, 8, 256
+    codes, c = torch.randint(0, k, (out_f, in_f // bs), dtype=torch.uint8), torch.randn(k, bs)
+    x, idx = torch.randn(3, 5, in_f), torch.randint(0, out_f, (4, 7))
+    if op == "pq_embedding_backward":
+        g = torch.randn(4, 7, in_f)
+        return [("uint8 codes", lambda d: ops.pq_embedding_backward(g.to(d), idx.to(d), codes.to(d), k))]
+    g, packed = torch.randn(3, 5, out_f), ops.pq_pack_codes(codes)
+    return [
+        ("both grads", lambda d: ops.pq_linear_backward(g.to(d), x.to(d), codes.to(d), c.to(d))),
+        ("packed, grad_x", lambda d: ops.pq_linear_backward(g.to(d), None, packed.to(d), c.to(d),
+                                                             codes_transposed=True, centroids_grad=False)),
+    ]  # fmt: skip
+
+
 def _pq_cases(op: str):
     def cases() -> list[tuple[str, Callable[[str], object]]]:
+        if op.endswith("_backward"):
+            return _pq_backward_cases(op)
         books = _pq_codebooks(48, 64, 8)
         if op != "pq_linear":
             return [(name, _pq_run(op, codes, cb)) for name, codes, cb in books]
@@ -124,6 +142,8 @@ CASES: dict[str, Callable[[], list[tuple[str, Callable[[str], object]]]]] = {
     "pq_decode": _pq_cases("pq_decode"),
     "pq_embedding": _pq_cases("pq_embedding"),
     "pq_linear": _pq_cases("pq_linear"),
+    "pq_linear_backward": _pq_cases("pq_linear_backward"),
+    "pq_embedding_backward": _pq_cases("pq_embedding_backward"),
 }
 # How close each op must be: block noise is bit-identical; reductions may differ in summation order.
 TOLERANCE: dict[str, dict] = {
@@ -133,6 +153,8 @@ TOLERANCE: dict[str, dict] = {
     "pq_decode": {"rtol": 0, "atol": 0},
     "pq_embedding": {"rtol": 0, "atol": 0},
     "pq_linear": {"rtol": 1e-4, "atol": 1e-4},  # summation order differs between kernels
+    "pq_linear_backward": {"rtol": 1e-4, "atol": 1e-4},  # float atomics sum in arrival order
+    "pq_embedding_backward": {"rtol": 1e-5, "atol": 1e-5},
 }
 
 

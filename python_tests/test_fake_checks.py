@@ -73,6 +73,31 @@ def _pq_embedding(indices=None, codes=None, centroids=None, out_dtype=None):
     return OPS.pq_embedding.default, (indices, codes, centroids, None, None, out_dtype)
 
 
+def _pq_linear_bw(grad=None, x=None, centroids=None, input_grad=True, centroids_grad=True):
+    grad = torch.randn(2, 4) if grad is None else grad
+    x = torch.randn(2, 16) if x is None else x
+    centroids = torch.randn(8, 8) if centroids is None else centroids
+    scale = torch.ones(1) if centroids.dtype == I8 else None
+    return OPS.pq_linear_backward.default, (
+        grad,
+        x,
+        _codes(),
+        centroids,
+        scale,
+        None,
+        False,
+        input_grad,
+        centroids_grad,
+    )
+
+
+def _pq_embedding_bw(grad=None, indices=None, codes=None, n_centroids=8):
+    grad = torch.randn(2, 16) if grad is None else grad
+    indices = torch.tensor([0, 3]) if indices is None else indices
+    codes = _codes() if codes is None else codes
+    return OPS.pq_embedding_backward.default, (grad, indices, codes, n_centroids)
+
+
 CASES = {
     "block_noise noise": lambda: _block_noise(noise="gauss"),
     "block_noise weight dtype": lambda: _block_noise(weight=torch.zeros(4, 8, dtype=torch.int32)),
@@ -137,6 +162,20 @@ CASES = {
     "pq_embedding indices dtype": lambda: _pq_embedding(indices=torch.tensor([0.0, 1.0])),
     "pq_embedding codes dtype": lambda: _pq_embedding(codes=_codes(dtype=torch.int16)),
     "pq_embedding out_dtype": lambda: _pq_embedding(out_dtype=torch.int64),
+    "pq_linear_backward grad dtype": lambda: _pq_linear_bw(grad=torch.zeros(2, 4, dtype=torch.int64)),
+    "pq_linear_backward grad shape": lambda: _pq_linear_bw(grad=torch.randn(2, 5)),
+    "pq_linear_backward grad rank": lambda: _pq_linear_bw(grad=torch.tensor(1.0)),
+    "pq_linear_backward x missing": lambda: (lambda op, a: (op, (a[0], None, *a[2:])))(*_pq_linear_bw()),
+    "pq_linear_backward int8 centroids": lambda: _pq_linear_bw(centroids=torch.zeros(8, 8, dtype=I8)),
+    "pq_linear_backward x dtype": lambda: _pq_linear_bw(x=torch.zeros(2, 16, dtype=torch.int32)),
+    "pq_linear_backward x shape": lambda: _pq_linear_bw(x=torch.randn(3, 16)),
+    "pq_embedding_backward codes dtype": lambda: _pq_embedding_bw(codes=_codes(dtype=torch.int16)),
+    "pq_embedding_backward codes rank": lambda: _pq_embedding_bw(codes=torch.zeros(4, dtype=U8)),
+    "pq_embedding_backward n_centroids": lambda: _pq_embedding_bw(n_centroids=0),
+    "pq_embedding_backward grad dtype": lambda: _pq_embedding_bw(grad=torch.zeros(2, 16, dtype=torch.int32)),
+    "pq_embedding_backward grad shape": lambda: _pq_embedding_bw(grad=torch.randn(2, 15)),
+    "pq_embedding_backward grad rank": lambda: _pq_embedding_bw(grad=torch.randn(2, 1, 16)),
+    "pq_embedding_backward indices dtype": lambda: _pq_embedding_bw(indices=torch.tensor([0.0, 1.0])),
 }
 
 

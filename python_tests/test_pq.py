@@ -83,6 +83,20 @@ def test_linear_dtypes_and_batch_dims(device, dtype):
     assert_close_in_dtype(y, expected, F.linear(x, w), magnitude, 32)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_linear_large_batch_low_precision(device, dtype):
+    """Above 16 rows with fp16/bf16 x, CUDA runs the tensor-core tile kernel (W tiles rounded to x's dtype,
+    float32 accumulation; emulated: that kernel's plain path); the CPU its LUT. As accurate as F.linear in
+    that dtype."""
+    codes, c = _codebook(70, 72, 8, 256, device, dtype=dtype)
+    x = torch.randn(40, 72, device=device, dtype=dtype)
+    y = ops.pq_linear(x, codes, c)
+    w = reference.pq_decode(codes, c, (70, 72))
+    expected, magnitude = F.linear(x.double(), w.double()), F.linear(x.double().abs(), w.double().abs())
+    assert_close_in_dtype(y, expected, F.linear(x, w), magnitude, 72)
+
+
 def test_linear_non_contiguous_input():
     codes, c = _codebook(40, 64, 8, 64)
     x = torch.randn(64, 5).t()

@@ -3,7 +3,7 @@
     python tools/gpu_check.py [junit.xml]
 
 Times each CUDA op with CUDA events against a yardstick on the same GPU (a copy of the weight
-for block noise, dense ``F.linear`` for noisy_linear) and prints one line per workload.
+for block noise, dense ``F.linear`` for noisy_linear and pq_linear) and prints one line per workload.
 """
 
 from __future__ import annotations
@@ -46,6 +46,33 @@ def _tests(junit: str) -> tuple[str, bool]:
     return line, failures + errors == 0
 
 
+def _pq_linear_rows(dev: torch.device) -> list[tuple]:
+    """pq_linear (codes packed and fp16 centroids, as PQLinear holds them) against F.linear on the decoded
+    weight in x's dtype: the GEMV kernel up to 16 rows, the decode-tile GEMM above (tensor cores for fp16 x,
+    and for fp32 x once TF32 is allowed, as cuBLAS then does too). README "PQ kernels" gives the expectation."""
+    g = torch.Generator(device=dev).manual_seed(0)
+    codes = torch.randint(0, 256, (4096, 512), dtype=torch.uint8, device=dev, generator=g)
+    c16 = (torch.randn(256, 8, device=dev, generator=g) / 3).half()
+    packed = ops.pq_pack_codes(codes)
+    rows = []
+    for dtype, tf32 in ((torch.float16, False), (torch.float32, False), (torch.float32, True)):
+        w = ops.pq_decode(codes, c16, (4096, 4096), out_dtype=dtype)
+        c = c16.to(dtype)
+        old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        try:
+            for batch in (1, 16, 256, 4096) if not tf32 else (4096,):
+                x = torch.randn(batch, 4096, device=dev, dtype=dtype, generator=g)
+                ours = _time_ms(lambda x=x, c=c: ops.pq_linear(x, packed, c, codes_transposed=True))
+                dense = _time_ms(lambda x=x, w=w: F.linear(x, w))
+                err = (ops.pq_linear(x, packed, c, codes_transposed=True) - F.linear(x, w)).abs().max().item()
+                name = f"pq_linear 4096x4096 {str(dtype)[6:]}{' tf32' if tf32 else ''} batch {batch}"
+                rows.append((name, ours, "F.linear", dense, f"max |diff| {err:.2g}"))
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = old
+    return rows
+
+
 def main() -> int:
     if not torch.cuda.is_available():
         print("gpu-check: no CUDA device visible to torch")
@@ -74,6 +101,7 @@ def main() -> int:
     ours = _time_ms(lambda: ops.noisy_linear(x, w, None, 0.1, 8, seed))
     dense = _time_ms(lambda: F.linear(x, w))
     rows.append(("noisy_linear 64x4096 @ 4096x4096 fp16", ours, "F.linear", dense, ""))
+    rows += _pq_linear_rows(dev)
     print(f"{'workload':<42} {'ours ms':>9} {'yardstick':>16} {'ms':>9} {'ratio':>7}")
     for name, t, yname, y, extra in rows:
         print(f"{name:<42} {t:>9.4f} {yname:>16} {y:>9.4f} {y / t:>6.2f}x {extra}")

@@ -1,5 +1,6 @@
 // CUDA launchers of quantnoise::pq_decode and quantnoise::pq_linear: the shared checks, device
 // guard, current stream, launch check; kernel bodies in pq_linear_kernels.cuh.
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -8,6 +9,8 @@
 #include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
+
+#include <type_traits>
 
 #include "pq_linear_kernels.cuh"
 #include "quantnoise/checks.h"
@@ -99,16 +102,35 @@ at::Tensor pq_linear_cuda(const at::Tensor& x, const at::Tensor& codes, const at
       const at::Tensor cc = codes.contiguous();
       const CodeStrides st = pq_code_strides(codes_transposed, s.out, s.n_blocks);
       const bool gemv = path == "lut" || (path == "auto" && pq_cuda_use_gemv(M));
+      // Tensor cores where the input already has their precision (fp16, bf16 x), or where the
+      // user allowed TF32 for fp32 matmuls (torch.backends.cuda.matmul.allow_tf32), as cuBLAS does.
+      const at::ScalarType xt = x.scalar_type();
+      const int mma = xt == at::kHalf                         ? kMmaF16
+                      : xt == at::kBFloat16                   ? kMmaBf16
+                      : at::globalContext().allowTF32CuBLAS() ? kMmaTf32
+                                                              : -1;
       QN_DISPATCH_CODE_TYPES(codes.scalar_type(), "pq_linear", [&] {
         const code_t* codes_ptr = cc.const_data_ptr<code_t>();
         if (gemv) {
           launch_pq_linear_gemv<code_t>(xf.const_data_ptr<float>(), codes_ptr, st.so, st.sj, C.const_data_ptr<float>(),
                                         bias_ptr, M, s.out, s.n_blocks, s.n_centroids, s.block_size,
                                         y.mutable_data_ptr<float>(), stream);
-        } else {
+        } else if (mma < 0) {
           launch_pq_linear_tile<code_t>(xf.const_data_ptr<float>(), codes_ptr, st.so, st.sj, C.const_data_ptr<float>(),
                                         bias_ptr, M, s.out, s.n_blocks, s.block_size, y.mutable_data_ptr<float>(),
                                         stream);
+        } else {
+          auto tc = [&](auto kind) {
+            launch_pq_linear_tile_tc<code_t, decltype(kind)::value>(
+                xf.const_data_ptr<float>(), codes_ptr, st.so, st.sj, C.const_data_ptr<float>(), bias_ptr, M, s.out,
+                s.n_blocks, s.block_size, y.mutable_data_ptr<float>(), stream);
+          };
+          if (mma == kMmaF16)
+            tc(std::integral_constant<int, kMmaF16>{});
+          else if (mma == kMmaBf16)
+            tc(std::integral_constant<int, kMmaBf16>{});
+          else
+            tc(std::integral_constant<int, kMmaTf32>{});
         }
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });

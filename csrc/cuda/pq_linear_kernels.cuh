@@ -13,11 +13,21 @@
 //    per thread block, more than the kGemvOutPerBlock outputs it would serve.
 //  * tile (large batches): a plain 64x64x16 shared-memory GEMM whose weight tiles are decoded
 //    from the codes straight into shared memory, 4x4 outputs per thread. The dense W never
-//    exists in global memory. (A tensor-core variant would sit behind an __CUDA_ARCH__ guard.)
+//    exists in global memory.
+//  * tile on tensor cores (large batches, fp16/bf16 x, or fp32 x when TF32 is allowed): the same
+//    decode into shared memory, in the MMA's input type, then WMMA fragments (sm_80+, behind an
+//    __CUDA_ARCH__ guard; below sm_80 and in the emulation harness the plain path of that kernel).
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
+
+#if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+#endif
 
 #include "quantnoise/cuda_compat.h"
 #include "quantnoise/dispatch.h"
@@ -209,6 +219,161 @@ void launch_pq_linear_tile(const float* x, const code_t* codes, int64_t so, int6
                            cudaStream_t stream) {
   const dim3 grid(grid_blocks(out, kTileN, kMaxGridDimX), grid_blocks(M, kTileM, kMaxGridDimY));
   QN_LAUNCH_KERNEL(grid, kTileThreads, 0, stream, pq_linear_tile_kernel<code_t>)
+  (x, codes, so, sj, C, bias, M, out, n_blocks, bs, y);
+}
+
+// ---------------------------------------------------------------------------------------------
+// pq_linear, large batches on tensor cores: the decode-tile GEMM above with its inner products on
+// WMMA fragments (sm_80+). Block (4 warps) computes a 64 x 64 tile of y: x tile and decoded W tile
+// staged in shared memory in the MMA's input type (kMma: fp16, bf16, or tf32 kept in float), each
+// warp a 32 x 32 quarter as 2 x 2 fragments of 16 x 16 with float accumulators. Below sm_80 and in
+// the emulation harness the same tiles go through the plain path (float FMAs, 4 x 8 outputs per
+// thread): same launch, same staging and decoding, so the harness tests everything but the MMA.
+constexpr int kTcM = 64, kTcN = 64, kTcK = 32, kTcThreads = 128, kTcPad = 8;
+enum PqMma : int { kMmaTf32 = 0, kMmaF16 = 1, kMmaBf16 = 2 };
+
+#if defined(__CUDACC__) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define QN_PQ_WMMA 1
+#endif
+
+template <int kMma>
+struct PqMmaType {
+  using T = float;  // tf32 operands are float in shared memory (rounded by the fragment load)
+};
+#if defined(__CUDACC__)
+template <>
+struct PqMmaType<kMmaF16> {
+  using T = __half;
+};
+template <>
+struct PqMmaType<kMmaBf16> {
+  using T = __nv_bfloat16;
+};
+#endif
+
+template <int kMma>
+QN_INLINE typename PqMmaType<kMma>::T pq_to_mma(float v) {
+#if defined(__CUDACC__)
+  if constexpr (kMma == kMmaF16)
+    return __float2half_rn(v);
+  else if constexpr (kMma == kMmaBf16)
+    return __float2bfloat16_rn(v);
+  else
+    return v;
+#else
+  return v;
+#endif
+}
+
+template <int kMma>
+QN_INLINE float pq_from_mma(typename PqMmaType<kMma>::T v) {
+#if defined(__CUDACC__)
+  if constexpr (kMma == kMmaF16)
+    return __half2float(v);
+  else if constexpr (kMma == kMmaBf16)
+    return __bfloat162float(v);
+  else
+    return v;
+#else
+  return v;
+#endif
+}
+
+template <typename code_t, int kMma>
+__global__ void pq_linear_tile_tc_kernel(const float* __restrict__ x, const code_t* __restrict__ codes, int64_t so,
+                                         int64_t sj, const float* __restrict__ C, const float* __restrict__ bias,
+                                         int64_t M, int64_t out, int64_t n_blocks, int64_t bs, float* __restrict__ y) {
+  using T = typename PqMmaType<kMma>::T;
+  __shared__ T xs[kTcM][kTcK + kTcPad];  // x tile, row-major (matrix_a)
+  __shared__ T ws[kTcN][kTcK + kTcPad];  // W tile [n][k]: W^T column-major (matrix_b)
+  __shared__ float ys[kTcM][kTcN + 4];   // accumulators on their way out
+  const int64_t in = n_blocks * bs;
+  const int tid = static_cast<int>(threadIdx.x), warp = tid / 32;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kTcN;
+  const int64_t m_tiles = (M + kTcM - 1) / kTcM;
+  for (int64_t mt = blockIdx.y; mt < m_tiles; mt += gridDim.y) {
+    const int64_t m0 = mt * kTcM;
+#if defined(QN_PQ_WMMA)
+    namespace wmma = nvcuda::wmma;
+    constexpr int kFragK = kMma == kMmaTf32 ? 8 : 16;
+    using InA = std::conditional_t<kMma == kMmaTf32, wmma::precision::tf32, T>;
+    wmma::fragment<wmma::accumulator, 16, 16, kFragK, float> acc[2][2];
+    for (int a = 0; a < 2; ++a)
+      for (int b = 0; b < 2; ++b) wmma::fill_fragment(acc[a][b], 0.f);
+    const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;
+#else
+    // plain path: thread (tx, ty) owns rows ty + 16a (a < 4) and outputs tx + 8b (b < 8)
+    const int tx = tid % 8, ty = tid / 8;
+    float acc[4][8];
+    for (int a = 0; a < 4; ++a)
+      for (int b = 0; b < 8; ++b) acc[a][b] = 0.f;
+#endif
+    for (int64_t k0 = 0; k0 < in; k0 += kTcK) {
+      __syncthreads();  // the previous tiles are consumed
+      for (int e = tid; e < kTcM * kTcK; e += kTcThreads) {
+        const int mm = e / kTcK, kk = e - mm * kTcK;
+        const int64_t m = m0 + mm, k = k0 + kk;
+        xs[mm][kk] = pq_to_mma<kMma>((m < M && k < in) ? x[m * in + k] : 0.f);
+      }
+      for (int e = tid; e < kTcN * kTcK; e += kTcThreads) {
+        const int nn = e / kTcK, kk = e - nn * kTcK;
+        const int64_t o = n0 + nn, k = k0 + kk;
+        float w = 0.f;
+        if (o < out && k < in) {
+          const int64_t j = k / bs;
+          w = C[pq_code_at(codes, o, j, so, sj) * bs + (k - j * bs)];
+        }
+        ws[nn][kk] = pq_to_mma<kMma>(w);
+      }
+      __syncthreads();
+#if defined(QN_PQ_WMMA)
+      for (int kk = 0; kk < kTcK; kk += kFragK) {
+        wmma::fragment<wmma::matrix_a, 16, 16, kFragK, InA, wmma::row_major> fa[2];
+        wmma::fragment<wmma::matrix_b, 16, 16, kFragK, InA, wmma::col_major> fb[2];
+        for (int a = 0; a < 2; ++a) {
+          wmma::load_matrix_sync(fa[a], &xs[wm + 16 * a][kk], kTcK + kTcPad);
+          wmma::load_matrix_sync(fb[a], &ws[wn + 16 * a][kk], kTcK + kTcPad);
+          if constexpr (kMma == kMmaTf32) {
+            for (int t = 0; t < fa[a].num_elements; ++t) fa[a].x[t] = wmma::__float_to_tf32(fa[a].x[t]);
+            for (int t = 0; t < fb[a].num_elements; ++t) fb[a].x[t] = wmma::__float_to_tf32(fb[a].x[t]);
+          }
+        }
+        for (int a = 0; a < 2; ++a)
+          for (int b = 0; b < 2; ++b) wmma::mma_sync(acc[a][b], fa[a], fb[b], acc[a][b]);
+      }
+#else
+      for (int kk = 0; kk < kTcK; ++kk) {
+        float xv[4], wv[8];
+        for (int a = 0; a < 4; ++a) xv[a] = pq_from_mma<kMma>(xs[ty + 16 * a][kk]);
+        for (int b = 0; b < 8; ++b) wv[b] = pq_from_mma<kMma>(ws[tx + 8 * b][kk]);
+        for (int a = 0; a < 4; ++a)
+          for (int b = 0; b < 8; ++b) acc[a][b] += xv[a] * wv[b];
+      }
+#endif
+    }
+#if defined(QN_PQ_WMMA)
+    for (int a = 0; a < 2; ++a)
+      for (int b = 0; b < 2; ++b)
+        wmma::store_matrix_sync(&ys[wm + 16 * a][wn + 16 * b], acc[a][b], kTcN + 4, wmma::mem_row_major);
+#else
+    for (int a = 0; a < 4; ++a)
+      for (int b = 0; b < 8; ++b) ys[ty + 16 * a][tx + 8 * b] = acc[a][b];
+#endif
+    __syncthreads();
+    for (int e = tid; e < kTcM * kTcN; e += kTcThreads) {
+      const int mm = e / kTcN, nn = e - mm * kTcN;
+      const int64_t m = m0 + mm, o = n0 + nn;
+      if (m < M && o < out) y[m * out + o] = bias != nullptr ? ys[mm][nn] + bias[o] : ys[mm][nn];
+    }
+  }
+}
+
+template <typename code_t, int kMma>
+void launch_pq_linear_tile_tc(const float* x, const code_t* codes, int64_t so, int64_t sj, const float* C,
+                              const float* bias, int64_t M, int64_t out, int64_t n_blocks, int64_t bs, float* y,
+                              cudaStream_t stream) {
+  const dim3 grid(grid_blocks(out, kTcN, kMaxGridDimX), grid_blocks(M, kTcM, kMaxGridDimY));
+  QN_LAUNCH_KERNEL(grid, kTcThreads, 0, stream, pq_linear_tile_tc_kernel<code_t, kMma>)
   (x, codes, so, sj, C, bias, M, out, n_blocks, bs, y);
 }
 

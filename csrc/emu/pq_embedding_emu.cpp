@@ -1,7 +1,9 @@
-// Emulated CUDA launcher of quantnoise::pq_embedding: cuda/pq_embedding.cu itself (see launcher.h).
+// Emulated CUDA launchers of quantnoise::pq_embedding and pq_embedding_backward: cuda/pq_embedding.cu
+// itself (see launcher.h).
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include "quantnoise/checks.h"

@@ -1,11 +1,14 @@
 // Emulated CUDA launchers of quantnoise::pq_decode and pq_linear: cuda/pq_linear.cu itself (see
 // launcher.h).
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/aminmax.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
+
+#include <type_traits>
 
 #include "quantnoise/checks.h"
 #include "quantnoise/dispatch.h"

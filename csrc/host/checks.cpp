@@ -122,14 +122,27 @@ void check_kmeans_update_args(const at::Tensor& x, const at::Tensor& codes, int6
 namespace quantnoise {
 namespace {
 
-PQShape check_pq_codebook_args(std::string_view op, const at::Tensor& codes, const at::Tensor& centroids,
-                               const std::optional<at::Tensor>& centroid_scale,
-                               const std::optional<at::Tensor>& centroid_zero_point, bool codes_transposed,
-                               const c10::Device& device) {
+void check_pq_codes_layout(std::string_view op, const at::Tensor& codes, bool codes_transposed) {
   QN_CHECK_TYPE(codes.scalar_type() == at::kByte || codes.scalar_type() == at::kInt, op,
                 "codes must be uint8 or int32, got dtype ", codes.scalar_type());
   QN_CHECK_VALUE(codes.dim() == 2, op, "codes must be 2-D ", codes_transposed ? "[n_blocks, out]" : "[out, n_blocks]",
                  ", got shape ", codes.sizes());
+}
+
+// Codes must address a centroid; uint8 codes with K >= 256 always do, so skip the scan there.
+void check_pq_codes_range(std::string_view op, const at::Tensor& codes, int64_t K) {
+  if (codes.numel() > 0 && !(codes.scalar_type() == at::kByte && K >= 256)) {
+    const int64_t lo = codes.min().item<int64_t>(), hi = codes.max().item<int64_t>();
+    QN_CHECK_VALUE(lo >= 0 && hi < K, op, "codes must be in [0, n_centroids=", K, "), got values in [", lo, ", ", hi,
+                   "]");
+  }
+}
+
+PQShape check_pq_codebook_args(std::string_view op, const at::Tensor& codes, const at::Tensor& centroids,
+                               const std::optional<at::Tensor>& centroid_scale,
+                               const std::optional<at::Tensor>& centroid_zero_point, bool codes_transposed,
+                               const c10::Device& device) {
+  check_pq_codes_layout(op, codes, codes_transposed);
   QN_CHECK_TYPE(is_supported_float(centroids.scalar_type()) || centroids.scalar_type() == at::kChar, op,
                 "centroids must be float32, float16, bfloat16, float64 or int8, got dtype ", centroids.scalar_type());
   QN_CHECK_VALUE(centroids.dim() == 2 && centroids.size(0) > 0 && centroids.size(1) > 0, op,
@@ -152,12 +165,7 @@ PQShape check_pq_codebook_args(std::string_view op, const at::Tensor& codes, con
   }
   const int64_t out = codes_transposed ? codes.size(1) : codes.size(0);
   const int64_t n_blocks = codes_transposed ? codes.size(0) : codes.size(1);
-  // Codes must address a centroid; uint8 codes with K >= 256 always do, so skip the scan there.
-  if (codes.numel() > 0 && !(codes.scalar_type() == at::kByte && K >= 256)) {
-    const int64_t lo = codes.min().item<int64_t>(), hi = codes.max().item<int64_t>();
-    QN_CHECK_VALUE(lo >= 0 && hi < K, op, "codes must be in [0, n_centroids=", K, "), got values in [", lo, ", ", hi,
-                   "]");
-  }
+  check_pq_codes_range(op, codes, K);
   return PQShape{out, n_blocks, K, centroids.size(1)};
 }
 
@@ -194,8 +202,7 @@ void check_pq_decode_shape(const PQShape& s, at::IntArrayRef shape) {
                  " entries per row, got ", shape);
 }
 
-void check_pq_embedding_indices(const at::Tensor& indices, const PQShape& s) {
-  constexpr std::string_view op = "pq_embedding";
+void check_pq_embedding_indices(std::string_view op, const at::Tensor& indices, const PQShape& s) {
   QN_CHECK_TYPE(indices.scalar_type() == at::kLong || indices.scalar_type() == at::kInt, op,
                 "indices must be int64 or int32, got dtype ", indices.scalar_type());
   if (indices.numel() > 0) {
@@ -243,10 +250,62 @@ PQArgs check_pq_embedding_args(const at::Tensor& indices, const at::Tensor& code
                                std::optional<at::ScalarType> out_dtype) {
   const PQShape s = check_pq_codebook_args("pq_embedding", codes, centroids, centroid_scale, centroid_zero_point,
                                            /*codes_transposed=*/false, indices.device());
-  check_pq_embedding_indices(indices, s);
+  check_pq_embedding_indices("pq_embedding", indices, s);
   std::vector<int64_t> out_shape = indices.sizes().vec();
   out_shape.push_back(s.n_blocks * s.block_size);
   return {s, check_pq_out_dtype("pq_embedding", centroids, out_dtype), std::move(out_shape)};
+}
+
+PQBackwardArgs check_pq_linear_backward_args(const at::Tensor& grad_out, const std::optional<at::Tensor>& x,
+                                             const at::Tensor& codes, const at::Tensor& centroids,
+                                             const std::optional<at::Tensor>& centroid_scale,
+                                             const std::optional<at::Tensor>& centroid_zero_point,
+                                             bool codes_transposed, bool input_grad, bool centroids_grad) {
+  constexpr std::string_view op = "pq_linear_backward";
+  const PQShape s = check_pq_codebook_args(op, codes, centroids, centroid_scale, centroid_zero_point, codes_transposed,
+                                           grad_out.device());
+  QN_CHECK_TYPE(is_supported_float(grad_out.scalar_type()), op,
+                "grad_out must be float32, float16, bfloat16 or float64, got dtype ", grad_out.scalar_type());
+  QN_CHECK_VALUE(grad_out.dim() >= 1 && grad_out.size(-1) == s.out, op, "grad_out must have shape [..., ", s.out,
+                 "] (out_features), got ", grad_out.sizes());
+  std::vector<int64_t> x_shape = grad_out.sizes().vec();
+  x_shape.back() = s.n_blocks * s.block_size;
+  if (centroids_grad) {
+    QN_CHECK_VALUE(x.has_value(), op, "x must be given when centroids_grad=True");
+    QN_CHECK_VALUE(centroids.scalar_type() != at::kChar, op,
+                   "centroids_grad needs float centroids, got int8 centroids (they take no gradient)");
+  }
+  if (x.has_value()) {
+    QN_CHECK_TYPE(is_supported_float(x->scalar_type()), op,
+                  "x must be float32, float16, bfloat16 or float64, got dtype ", x->scalar_type());
+    QN_CHECK_VALUE(x->sizes().vec() == x_shape, op, "x must have shape ", at::IntArrayRef(x_shape),
+                   " (grad_out's leading dimensions + [in_features]), got ", x->sizes());
+    QN_CHECK_VALUE(x->device() == grad_out.device(), op, "x must be on ", grad_out.device(), ", got ", x->device());
+  }
+  return {s, input_grad ? std::move(x_shape) : std::vector<int64_t>{0}};
+}
+
+PQShape check_pq_embedding_backward_args(const at::Tensor& grad_out, const at::Tensor& indices, const at::Tensor& codes,
+                                         int64_t n_centroids) {
+  constexpr std::string_view op = "pq_embedding_backward";
+  check_pq_codes_layout(op, codes, /*codes_transposed=*/false);
+  QN_CHECK_VALUE(n_centroids > 0, op, "n_centroids must be positive, got ", n_centroids);
+  QN_CHECK_VALUE(codes.device() == grad_out.device() && indices.device() == grad_out.device(), op,
+                 "indices and codes must be on grad_out's device ", grad_out.device(), ", got ", indices.device(),
+                 " and ", codes.device());
+  QN_CHECK_TYPE(is_supported_float(grad_out.scalar_type()), op,
+                "grad_out must be float32, float16, bfloat16 or float64, got dtype ", grad_out.scalar_type());
+  const int64_t n_blocks = codes.size(1);
+  const int64_t dim = grad_out.dim() == indices.dim() + 1 ? grad_out.size(-1) : -1;
+  std::vector<int64_t> expected = indices.sizes().vec();
+  QN_CHECK_VALUE(n_blocks > 0 && dim > 0 && dim % n_blocks == 0 &&
+                     at::IntArrayRef(grad_out.sizes()).slice(0, indices.dim()) == at::IntArrayRef(expected),
+                 op, "grad_out must have shape ", at::IntArrayRef(expected), " + [", n_blocks,
+                 " * block_size] (indices' shape + [embedding_dim]), got ", grad_out.sizes());
+  check_pq_codes_range(op, codes, n_centroids);
+  const PQShape s{codes.size(0), n_blocks, n_centroids, dim / n_blocks};
+  check_pq_embedding_indices(op, indices, s);
+  return s;
 }
 
 }  // namespace quantnoise

@@ -5,14 +5,23 @@ kernels give ``torch.compile`` output metadata; they mirror the C++ checks that 
 
 - :mod:`.noise`: ``draw_seed``, ``block_noise``, ``noisy_linear`` (Quant-Noise).
 - :mod:`.kmeans`: ``kmeans_assign``, ``kmeans_update`` (iPQ clustering).
-- :mod:`.pq`: ``pq_pack_codes``, ``pq_unpack_codes``, ``pq_decode``, ``pq_linear``, ``pq_embedding``.
+- :mod:`.pq`: ``pq_pack_codes``, ``pq_unpack_codes``, ``pq_decode``, ``pq_linear``, ``pq_embedding``,
+  ``pq_linear_backward``, ``pq_embedding_backward`` (PQ training from the codes).
 """
 
 from __future__ import annotations
 
 from .kmeans import kmeans_assign, kmeans_update
 from .noise import block_noise, draw_seed, noisy_linear
-from .pq import pq_decode, pq_embedding, pq_linear, pq_pack_codes, pq_unpack_codes
+from .pq import (
+    pq_decode,
+    pq_embedding,
+    pq_embedding_backward,
+    pq_linear,
+    pq_linear_backward,
+    pq_pack_codes,
+    pq_unpack_codes,
+)
 
 __all__ = [
     "block_noise",
@@ -25,4 +34,6 @@ __all__ = [
     "pq_decode",
     "pq_linear",
     "pq_embedding",
+    "pq_linear_backward",
+    "pq_embedding_backward",
 ]

@@ -29,6 +29,8 @@ __all__ = [
     "check_pq_decode_shape",
     "check_pq_embedding_indices",
     "check_pq_out_dtype",
+    "check_pq_linear_backward_args",
+    "check_pq_embedding_backward_args",
 ]
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -354,11 +356,11 @@ def check_pq_decode_shape(shape: tuple[int, int, int, int], sizes: Sequence[int]
     )
 
 
-def check_pq_embedding_indices(indices: Tensor) -> None:
+def check_pq_embedding_indices(indices: Tensor, op: str = "pq_embedding") -> None:
     """The indices' dtype; their range is the real kernel's to check."""
     _type(
         indices.dtype in (torch.int64, torch.int32),
-        "pq_embedding",
+        op,
         lambda: f"indices must be int64 or int32, got dtype {_name(indices.dtype)}",
     )
 
@@ -368,3 +370,81 @@ def check_pq_out_dtype(op: str, centroids: Tensor, out_dtype: torch.dtype | None
     dtype = out_dtype or (torch.float32 if centroids.dtype == torch.int8 else centroids.dtype)
     _type(dtype in _FLOATS, op, lambda: f"out_dtype must be a float dtype, got {_name(dtype)}")
     return dtype
+
+
+def check_pq_linear_backward_args(
+    grad_out: Tensor, x: Tensor | None, centroids: Tensor, shape: tuple[int, int, int, int], centroids_grad: bool
+) -> tuple[int, ...]:
+    """After ``check_pq_codebook_args``; returns grad_x's shape (``x``'s)."""
+    op = "pq_linear_backward"
+    out, n_blocks, _, block_size = shape
+    _type(
+        grad_out.dtype in _FLOATS,
+        op,
+        lambda: f"grad_out must be float32, float16, bfloat16 or float64, got dtype {_name(grad_out.dtype)}",
+    )
+    _value(
+        grad_out.dim() >= 1 and grad_out.shape[-1] == out,
+        op,
+        lambda: f"grad_out must have shape [..., {out}] (out_features), got {_shape(grad_out.shape)}",
+    )
+    x_shape = (*grad_out.shape[:-1], n_blocks * block_size)
+    if centroids_grad:
+        _value(x is not None, op, lambda: "x must be given when centroids_grad=True")
+        _value(
+            centroids.dtype != torch.int8,
+            op,
+            lambda: "centroids_grad needs float centroids, got int8 centroids (they take no gradient)",
+        )
+    if x is not None:
+        _type(
+            x.dtype in _FLOATS,
+            op,
+            lambda: f"x must be float32, float16, bfloat16 or float64, got dtype {_name(x.dtype)}",
+        )
+        _value(
+            tuple(x.shape) == x_shape,
+            op,
+            lambda: (
+                f"x must have shape {_shape(x_shape)} (grad_out's leading dimensions + [in_features]), "
+                f"got {_shape(x.shape)}"
+            ),
+        )
+        _value(x.device == grad_out.device, op, lambda: f"x must be on {grad_out.device}, got {x.device}")
+    return x_shape
+
+
+def check_pq_embedding_backward_args(grad_out: Tensor, indices: Tensor, codes: Tensor, n_centroids: int) -> int:
+    """Returns the block size; the ranges of codes and indices are the real kernel's to check."""
+    op = "pq_embedding_backward"
+    _type(
+        codes.dtype in (torch.uint8, torch.int32),
+        op,
+        lambda: f"codes must be uint8 or int32, got dtype {_name(codes.dtype)}",
+    )
+    _value(codes.dim() == 2, op, lambda: f"codes must be 2-D [out, n_blocks], got shape {_shape(codes.shape)}")
+    _value(n_centroids > 0, op, lambda: f"n_centroids must be positive, got {n_centroids}")
+    _value(
+        codes.device == grad_out.device and indices.device == grad_out.device,
+        op,
+        lambda: (
+            f"indices and codes must be on grad_out's device {grad_out.device}, got {indices.device} and {codes.device}"
+        ),
+    )
+    _type(
+        grad_out.dtype in _FLOATS,
+        op,
+        lambda: f"grad_out must be float32, float16, bfloat16 or float64, got dtype {_name(grad_out.dtype)}",
+    )
+    n_blocks = codes.shape[1]
+    dim = grad_out.shape[-1] if grad_out.dim() == indices.dim() + 1 else -1
+    _value(
+        n_blocks > 0 and dim > 0 and dim % n_blocks == 0 and tuple(grad_out.shape[: indices.dim()]) == indices.shape,
+        op,
+        lambda: (
+            f"grad_out must have shape {_shape(indices.shape)} + [{n_blocks} * block_size] (indices' shape + "
+            f"[embedding_dim]), got {_shape(grad_out.shape)}"
+        ),
+    )
+    check_pq_embedding_indices(indices, op)
+    return dim // n_blocks

@@ -9,12 +9,22 @@ from ._args import bool_arg, int_arg, shape_arg
 from ._checks import (
     check_pq_codebook_args,
     check_pq_decode_shape,
+    check_pq_embedding_backward_args,
     check_pq_embedding_indices,
     check_pq_linear_args,
+    check_pq_linear_backward_args,
     check_pq_out_dtype,
 )
 
-__all__ = ["pq_pack_codes", "pq_unpack_codes", "pq_decode", "pq_linear", "pq_embedding"]
+__all__ = [
+    "pq_pack_codes",
+    "pq_unpack_codes",
+    "pq_decode",
+    "pq_linear",
+    "pq_embedding",
+    "pq_linear_backward",
+    "pq_embedding_backward",
+]
 
 
 def pq_pack_codes(codes: Tensor) -> Tensor:
@@ -150,6 +160,69 @@ def _pq_dims(codes, centroids, codes_transposed):
     return out, n_blocks, centroids.shape[0], centroids.shape[1]
 
 
+def pq_linear_backward(
+    grad_out: Tensor,
+    x: Tensor | None,
+    codes: Tensor,
+    centroids: Tensor,
+    *,
+    centroid_scale: Tensor | None = None,
+    centroid_zero_point: Tensor | None = None,
+    codes_transposed: bool = False,
+    input_grad: bool = True,
+    centroids_grad: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Gradients of :func:`pq_linear` from the codes, never building the dense weight or its gradient.
+
+    Per input block ``j``, ``grad_out`` is scatter-added into ``K`` bins by code,
+    ``S_j[r, k] = sum_{o: codes[o, j] = k} grad_out[r, o]``; then ``grad_x[:, block j] = S_j @ C`` and
+    ``grad_centroids += S_j^T @ x[:, block j]`` (the per-centroid sum of block gradients, as
+    ``torch.autograd`` through ``pq_decode`` + ``F.linear`` gives, and fairseq's ``PQLinear``).
+
+    Args:
+        grad_out: ``[..., out]`` float32/float16/bfloat16/float64 (computed in float32, float64 in float64).
+        x: ``[..., in]`` with ``grad_out``'s leading shape (the activations the forward multiplied,
+            i.e. after any activation fake-quant); required if ``centroids_grad``, else may be None.
+        codes, centroids, centroid_scale, centroid_zero_point, codes_transposed: as :func:`pq_linear`.
+        input_grad: compute ``grad_x``.
+        centroids_grad: compute ``grad_centroids`` (float centroids only).
+
+    Returns:
+        ``(grad_x, grad_centroids)``: ``grad_x`` ``[..., in]`` in ``grad_out``'s dtype (shape ``[0]``
+        if not ``input_grad``); ``grad_centroids`` ``[K, block_size]`` float32 (float64 for float64
+        ``grad_out``; shape ``[0]`` if not ``centroids_grad``).
+
+    Raises:
+        ValueError / TypeError: shapes, dtypes or codes out of range, naming the argument.
+    """
+    return torch.ops.quantnoise.pq_linear_backward.default(
+        grad_out,
+        x,
+        codes,
+        centroids,
+        centroid_scale,
+        centroid_zero_point,
+        codes_transposed,
+        input_grad,
+        centroids_grad,
+    )
+
+
+def pq_embedding_backward(grad_out: Tensor, indices: Tensor, codes: Tensor, n_centroids: int) -> Tensor:
+    """Centroid gradient of :func:`pq_embedding`: ``grad[k] = sum of grad_out's blocks whose code is k``.
+
+    Args:
+        grad_out: ``indices.shape + [dim]`` float32/float16/bfloat16/float64.
+        indices: int64/int32, values in ``[0, num_embeddings)``.
+        codes: ``[num_embeddings, dim/block_size]`` uint8/int32 (interchange layout).
+        n_centroids: ``K``; every code must be below it.
+
+    Returns:
+        ``[K, block_size]`` float32 (float64 for float64 ``grad_out``); 0 for unused centroids.
+    """
+    return torch.ops.quantnoise.pq_embedding_backward.default(grad_out, indices, codes, int(n_centroids))
+
+
 @torch.library.register_fake("quantnoise::pq_decode")
 def _pq_decode_fake(
     codes, centroids, shape, centroid_scale=None, centroid_zero_point=None, codes_transposed=False, out_dtype=None
@@ -189,6 +262,38 @@ def _pq_embedding_fake(indices, codes, centroids, centroid_scale=None, centroid_
     return centroids.new_empty((*indices.shape, codes.shape[1] * centroids.shape[1]), dtype=dtype)
 
 
+def _grad_dtype(grad_out: Tensor) -> torch.dtype:
+    return torch.float64 if grad_out.dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("quantnoise::pq_linear_backward")
+def _pq_linear_backward_fake(
+    grad_out,
+    x,
+    codes,
+    centroids,
+    centroid_scale=None,
+    centroid_zero_point=None,
+    codes_transposed=False,
+    input_grad=True,
+    centroids_grad=True,
+):
+    dims = check_pq_codebook_args(
+        "pq_linear_backward", codes, centroids, centroid_scale, centroid_zero_point, codes_transposed, grad_out.device
+    )
+    x_shape = check_pq_linear_backward_args(grad_out, x, centroids, dims, centroids_grad)
+    gc_shape = tuple(dims[2:]) if centroids_grad else (0,)
+    return grad_out.new_empty(x_shape if input_grad else (0,)), grad_out.new_empty(
+        gc_shape, dtype=_grad_dtype(grad_out)
+    )
+
+
+@torch.library.register_fake("quantnoise::pq_embedding_backward")
+def _pq_embedding_backward_fake(grad_out, indices, codes, n_centroids):
+    block_size = check_pq_embedding_backward_args(grad_out, indices, codes, n_centroids)
+    return grad_out.new_empty((n_centroids, block_size), dtype=_grad_dtype(grad_out))
+
+
 def _interchange(codes: Tensor, codes_transposed: bool) -> Tensor:
     return codes.t() if codes_transposed else codes
 
@@ -220,7 +325,6 @@ def _act_fake_quant(x: Tensor, bits: int, granularity: str) -> Tensor:
 def _pq_linear_setup_context(ctx, inputs, output):
     x, codes, centroids, bias, scale, zero_point, transposed, act_bits, granularity, _path = inputs
     ctx.args = (transposed, act_bits, granularity, bias is not None)
-    ctx.x_shape = x.shape
     ctx.x_dtype = x.dtype
     float_centroids = centroids.dtype != torch.int8
     need_c = float_centroids and ctx.needs_input_grad[2]
@@ -228,34 +332,29 @@ def _pq_linear_setup_context(ctx, inputs, output):
 
 
 def _pq_linear_backward(ctx, grad: Tensor):
+    """Gradients from the codes (``pq_linear_backward``): no dense weight, no dense weight gradient."""
     x, codes, centroids, scale, zero_point = ctx.saved_tensors
     transposed, act_bits, granularity, has_bias = ctx.args
-    out, n_blocks, _, block_size = _pq_dims(codes, centroids, transposed)
-    in_features = n_blocks * block_size
-    compute = torch.float64 if ctx.x_dtype == torch.float64 else torch.float32
-    g2 = grad.reshape(-1, out).to(compute)
+    need_x = bool(ctx.needs_input_grad[0])
+    if x is not None and act_bits > 0:  # the centroid gradient sees the activations the forward used
+        x = _act_fake_quant(x.reshape(-1, x.shape[-1]), act_bits, granularity).reshape(x.shape)
     grad_x = grad_c = grad_b = None
-    if ctx.needs_input_grad[0]:  # straight-through: the fake-quant passes the gradient unchanged
-        # Training only: the dense weight is decoded here (inference never takes this path).
-        w = pq_decode(
+    if need_x or x is not None:
+        gx, gc = pq_linear_backward(
+            grad,
+            x,
             codes,
             centroids,
-            (out, in_features),
             centroid_scale=scale,
             centroid_zero_point=zero_point,
             codes_transposed=transposed,
-            out_dtype=compute,
+            input_grad=need_x,
+            centroids_grad=x is not None,
         )
-        grad_x = (g2 @ w).to(ctx.x_dtype).reshape(ctx.x_shape)
-    if x is not None:
-        xq = x.reshape(-1, in_features).to(compute)
-        if act_bits > 0:
-            xq = _act_fake_quant(xq, act_bits, granularity)
-        grad_w = g2.t() @ xq  # [out, in]
-        codes_ = _interchange(codes, transposed)
-        grad_c = _centroid_grad(grad_w.reshape(-1, block_size), codes_, centroids.shape, centroids.dtype)
+        grad_x = gx.to(ctx.x_dtype) if need_x else None  # straight-through across the activation fake-quant
+        grad_c = gc.to(centroids.dtype) if x is not None else None
     if has_bias and ctx.needs_input_grad[3]:
-        grad_b = g2.sum(0)
+        grad_b = grad.reshape(-1, grad.shape[-1]).to(_grad_dtype(grad)).sum(0)
     return grad_x, None, grad_c, grad_b, None, None, None, None, None, None
 
 
@@ -293,8 +392,7 @@ def _pq_embedding_backward(ctx, grad: Tensor):
     indices, codes = ctx.saved_tensors
     grad_c = None
     if ctx.c_dtype != torch.int8 and ctx.needs_input_grad[2]:
-        rows = codes.index_select(0, indices.reshape(-1).long())  # [N, n_blocks]
-        grad_c = _centroid_grad(grad.reshape(-1, ctx.c_shape[1]), rows, ctx.c_shape, ctx.c_dtype)
+        grad_c = pq_embedding_backward(grad, indices, codes, ctx.c_shape[0]).to(ctx.c_dtype)
     return None, None, grad_c, None, None, None
 
 

@@ -86,4 +86,20 @@ namespace quantnoise {
 void check_kmeans_assign_args(const at::Tensor& x, const at::Tensor& centroids);
 void check_kmeans_update_args(const at::Tensor& x, const at::Tensor& codes, int64_t n_centroids);
 
+// pq_linear_backward: grad_out [..., out] float; x [..., in] with grad_out's leading shape, required
+// when centroids_grad (which needs float centroids). grad_x_shape: x's shape, [0] unless input_grad.
+struct PQBackwardArgs {
+  PQShape s;
+  std::vector<int64_t> grad_x_shape;
+};
+PQBackwardArgs check_pq_linear_backward_args(const at::Tensor& grad_out, const std::optional<at::Tensor>& x,
+                                             const at::Tensor& codes, const at::Tensor& centroids,
+                                             const std::optional<at::Tensor>& centroid_scale,
+                                             const std::optional<at::Tensor>& centroid_zero_point,
+                                             bool codes_transposed, bool input_grad, bool centroids_grad);
+// pq_embedding_backward: codes interchange [num_embeddings, n_blocks] with values < n_centroids;
+// indices int64/int32 in [0, num_embeddings); grad_out indices.shape + [n_blocks * block_size].
+PQShape check_pq_embedding_backward_args(const at::Tensor& grad_out, const at::Tensor& indices, const at::Tensor& codes,
+                                         int64_t n_centroids);
+
 }  // namespace quantnoise

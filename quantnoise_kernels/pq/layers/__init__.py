@@ -4,7 +4,8 @@
 - :mod:`.linear`: :class:`PQLinear`; :mod:`.conv`: :class:`PQConv1d`, :class:`PQConv2d`;
   :mod:`.embedding`: :class:`PQEmbedding`.
 
-Inference never allocates the dense weight (``ops.pq_linear`` / ``ops.pq_embedding``; the convolutions
+Neither inference nor training allocates the dense weight (``ops.pq_linear`` / ``ops.pq_embedding``, and their
+backward ``ops.pq_linear_backward`` / ``ops.pq_embedding_backward`` from the codes; the convolutions
 run im2col, then ``pq_linear``).
 """
 
