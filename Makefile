@@ -68,7 +68,7 @@ CUDA_ENV = CUDA_HOME=$(CUDA_HOME) QUANTNOISE_CUDA=1 MAX_JOBS=$(MAX_JOBS)
 # Re-made when this Makefile changes (a new package below); pip skips what is installed already.
 $(CUDA_STAMP): Makefile
 	$(PYTHON) -m venv $(CUDA_VENV)
-	$(CUDA_PY) -m pip install -q "$(CUDA_TORCH)" ninja numpy pytest pyyaml "setuptools>=64" wheel "torchao>=0.18" matplotlib
+	$(CUDA_PY) -m pip install -q "$(CUDA_TORCH)" ninja numpy pytest pyyaml "setuptools>=64" wheel "torchao>=0.18" matplotlib tqdm
 	touch $@
 
 cuda-build: $(CUDA_STAMP)
