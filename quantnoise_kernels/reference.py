@@ -259,10 +259,10 @@ def pq_linear(
     """Decode, then ``F.linear`` (fake-quantizing ``x`` first if ``act_bits``), straight-through."""
     out, n_blocks = codes.shape
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    w = pq_decode(codes, centroids, (out, -1), centroid_scale, centroid_zero_point, compute)
+    w = pq_decode(codes, centroids, (out, n_blocks * centroids.shape[1]), centroid_scale, centroid_zero_point, compute)
     xc = x.to(compute)
     if act_bits:
-        flat = xc.reshape(-1, x.shape[-1])
+        flat = xc.reshape(math.prod(xc.shape[:-1]), x.shape[-1])
         xc = (flat + (act_fake_quant(flat.detach(), act_bits, act_granularity) - flat).detach()).reshape(xc.shape)
     b = None if bias is None else bias.to(compute)
     return torch.nn.functional.linear(xc, w, b).to(x.dtype)

@@ -5,6 +5,8 @@ The seed of every mask is a 0-d int64 tensor drawn from torch's RNG (:func:`draw
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -175,9 +177,9 @@ def _noisy_linear_backward(ctx, grad: Tensor):
         grad_input = torch.ops.quantnoise.noisy_linear_backward_input.default(
             grad, weight, seed, p, block_size, offset, rescale
         )
-    g = grad.reshape(-1, weight.shape[0])
+    g = grad.reshape(math.prod(grad.shape[:-1]), weight.shape[0])  # not -1: also for 0 features
     if ctx.needs_input_grad[1]:
-        x = input.reshape(-1, weight.shape[1])
+        x = input.reshape(math.prod(input.shape[:-1]), weight.shape[1])
         scale = 1.0 / (1.0 - p) if rescale else 1.0
         if straight_through:  # scale the small gradient, not the weight-sized product
             grad_weight = (g * scale if scale != 1.0 else g).t().mm(x)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -337,7 +339,7 @@ def _pq_linear_backward(ctx, grad: Tensor):
     transposed, act_bits, granularity, has_bias = ctx.args
     need_x = bool(ctx.needs_input_grad[0])
     if x is not None and act_bits > 0:  # the centroid gradient sees the activations the forward used
-        x = _act_fake_quant(x.reshape(-1, x.shape[-1]), act_bits, granularity).reshape(x.shape)
+        x = _act_fake_quant(x.reshape(math.prod(x.shape[:-1]), x.shape[-1]), act_bits, granularity).reshape(x.shape)
     grad_x = grad_c = grad_b = None
     if need_x or x is not None:
         gx, gc = pq_linear_backward(
@@ -354,7 +356,7 @@ def _pq_linear_backward(ctx, grad: Tensor):
         grad_x = gx.to(ctx.x_dtype) if need_x else None  # straight-through across the activation fake-quant
         grad_c = gc.to(centroids.dtype) if x is not None else None
     if has_bias and ctx.needs_input_grad[3]:
-        grad_b = grad.reshape(-1, grad.shape[-1]).to(_grad_dtype(grad)).sum(0)
+        grad_b = grad.reshape(math.prod(grad.shape[:-1]), grad.shape[-1]).to(_grad_dtype(grad)).sum(0)
     return grad_x, None, grad_c, grad_b, None, None, None, None, None, None
 
 
