@@ -299,6 +299,7 @@ NOISY_LINEAR = [
             2,
         ),
     ),
+    Case("noisy_linear", "empty", "in_features 0", call(NL, w(3, 0), w(5, 0), w(5), 0.5, 1, 1), check=close(_nl_ref)),
 ]
 
 # ------------------------------------------------------------------------------------------ k-means ops
@@ -395,6 +396,13 @@ KMEANS_ASSIGN = [
             2,
             output=1,
         ),
+    ),
+    Case(
+        "kmeans_assign",
+        "range",
+        "centroid norms 1e20",
+        call(KA, w(1, 9, 4) * 1e20, w(1, 5, 4) * 1e20),
+        check=close(_ka_ref),
     ),
 ]
 
@@ -682,6 +690,14 @@ PQ_LINEAR = [
         call(PL, w(3, 8).requires_grad_(), u8(5, 2), w(4, 4).requires_grad_()),
         check=same_grads(PL, lambda x, c, C: F.linear(x, C[c.long()].reshape(5, 8)), 2),
     ),
+    Case(
+        "pq_linear",
+        "nonfinite",
+        "NaN x, act_bits 8",
+        call(PL, w(3, 8, fill=NAN), u8(5, 2), w(4, 4), w(5), act_bits=8),
+        check=close(_pl_ref),
+    ),
+    Case("pq_linear", "empty", "in_features 0", call(PL, w(3, 0), u8(5, 0), w(4, 4), w(5)), check=close(_pl_ref)),
 ]
 
 PQ_EMBEDDING = [

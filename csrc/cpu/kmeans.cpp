@@ -217,6 +217,9 @@ std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& x,       
     }
   });
 
+  const at::Tensor bounds = kmeans_centroid_bounds(c);  // [B]: which points need float64 scores
+  const float* max_c = bounds.const_data_ptr<float>();
+
   const CpuIsa isa = cpu_isa();
   const ArgminFn argmin = argmin_for_dim(dim);
   const int64_t n_tiles = (n + kTile - 1) / kTile;
@@ -243,6 +246,11 @@ std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& x,       
         }
         argmin(isa, xt, m, dim, cb, tile_codes);
         const float* cb_rows = c_ptr + b * k * dim;
+        for (int64_t i = 0; i < m; ++i) {  // float32 scores that could overflow: ranked in float64
+          if (kmeans_needs_exact(xt + i * dim, dim, max_c[b])) {
+            tile_codes[i] = static_cast<int32_t>(kmeans_argmin_exact(xt + i * dim, cb_rows, k, dim));
+          }
+        }
         distances(isa, xt, m, dim, cb_rows, tile_codes, dist_ptr + b * n + i0);
         for (int64_t i = 0; i < m; ++i) codes_ptr[b * n + i0 + i] = tile_codes[i];
       }

@@ -56,7 +56,7 @@ at::Tensor noisy_linear_cpu(const at::Tensor& input,                // [..., in]
                             bool /*straight_through: the autograd formula's (ops/noise.py)*/) {
   check_noisy_linear_args(input, weight, bias, seed, p, block_size, rescale);
   const at::Tensor w = weight.contiguous();
-  const at::Tensor x = input.reshape({-1, w.size(1)});
+  const at::Tensor x = flatten_rows(input);
   at::Tensor y = at::empty({x.size(0), w.size(0)}, input.options());
   parallel_noised_chunks(w, seed, p, block_size, offset, rescale,
                          [&](int, int64_t r0, int64_t n, const at::Tensor& chunk) {
@@ -78,7 +78,7 @@ at::Tensor noisy_linear_backward_input_cpu(const at::Tensor& grad_output,  // [.
                                            bool rescale) {
   check_noisy_linear_backward_args(grad_output, weight, seed, p, block_size, rescale);
   const at::Tensor w = weight.contiguous();
-  const at::Tensor g = grad_output.reshape({-1, w.size(0)});
+  const at::Tensor g = flatten_rows(grad_output);
   // One partial sum per thread (summed at the end): deterministic for a given thread count.
   at::Tensor partials = at::zeros({at::get_num_threads(), g.size(0), w.size(1)}, grad_output.options());
   parallel_noised_chunks(w, seed, p, block_size, offset, rescale,

@@ -76,8 +76,7 @@ void fake_quant_rows(scalar_t* x, int64_t M, int64_t in, int64_t bits, bool per_
     float lo = 0.f, hi = 0.f;
     for (int64_t i = r0 * in; i < r1 * in; ++i) {
       const float v = static_cast<float>(x[i]);
-      lo = std::min(lo, v);
-      hi = std::max(hi, v);
+      act_range_update(v, lo, hi);
     }
     return make_affine_grid(lo, hi, static_cast<int>(bits));
   };
@@ -108,10 +107,10 @@ at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& codes, const at:
                                         codes_transposed, act_bits, act_granularity, path);
   const PQShape& s = a.s;
   const int64_t in = s.n_blocks * s.block_size;
-  const int64_t M = in > 0 ? x.numel() / in : x.numel() / std::max<int64_t>(x.size(-1), 1);
   const bool fp64 = x.scalar_type() == at::kDouble;
   const at::ScalarType compute = fp64 ? at::kDouble : at::kFloat;
-  at::Tensor xf = x.reshape({-1, in}).to(compute).contiguous();
+  at::Tensor xf = flatten_rows(x).to(compute).contiguous();
+  const int64_t M = xf.size(0);
   if (act_bits > 0) {
     if (xf.is_same(x) || xf.data_ptr() == x.data_ptr()) xf = xf.clone();  // never write the input
     AT_DISPATCH_FLOATING_TYPES(compute, "pq_linear_act_quant", [&] {

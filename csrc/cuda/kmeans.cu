@@ -29,13 +29,14 @@ std::tuple<at::Tensor, at::Tensor> kmeans_assign_cuda(const at::Tensor& x, const
   QN_CHECK_VALUE(batch <= 65535, "kmeans_assign", "x must hold at most 65535 problems on CUDA, got B=", batch);
   QN_CHECK_VALUE(kmeans_assign_smem_bytes(k, dim) <= 48 * 1024, "kmeans_assign",
                  "x's dimension D must be at most 12287 on CUDA, got ", dim);
+  const at::Tensor bounds = kmeans_centroid_bounds(c);  // [B]: which points need float64 scores
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "kmeans_assign_cuda", [&] {
     using x_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "kmeans_assign_cuda", [&] {
       launch_kmeans_assign<x_t, scalar_t>(xc.const_data_ptr<x_t>(), c.const_data_ptr<scalar_t>(),
-                                          codes.mutable_data_ptr<int64_t>(), dist.mutable_data_ptr<float>(), batch, n,
-                                          k, dim, stream);
+                                          bounds.const_data_ptr<float>(), codes.mutable_data_ptr<int64_t>(),
+                                          dist.mutable_data_ptr<float>(), batch, n, k, dim, stream);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });

@@ -21,6 +21,7 @@ namespace quantnoise {
 template <typename scalar_t, typename centroid_t>
 __global__ void kmeans_assign_kernel(const scalar_t* __restrict__ x,            // [B, N, D]
                                      const centroid_t* __restrict__ centroids,  // [B, K, D]
+                                     const float* __restrict__ max_c,           // [B] (kmeans_centroid_bounds)
                                      int64_t* __restrict__ codes,               // [B, N]
                                      float* __restrict__ dist,                  // [B, N]
                                      int64_t n, int64_t k, int64_t dim, int64_t tile_k) {
@@ -55,6 +56,7 @@ __global__ void kmeans_assign_kernel(const scalar_t* __restrict__ x,            
         }
       }
     }
+    if (active && kmeans_needs_exact(xi, dim, max_c[b])) code = kmeans_argmin_exact(xi, cb, k, dim);
     if (active) {
       float acc = 0.0f;
       for (int64_t d = 0; d < dim; ++d) {
@@ -100,12 +102,12 @@ inline size_t kmeans_assign_smem_bytes(int64_t k, int64_t dim) {
 }
 
 template <typename scalar_t, typename centroid_t>
-void launch_kmeans_assign(const scalar_t* x, const centroid_t* centroids, int64_t* codes, float* dist, int64_t batch,
-                          int64_t n, int64_t k, int64_t dim, cudaStream_t stream) {
+void launch_kmeans_assign(const scalar_t* x, const centroid_t* centroids, const float* max_c, int64_t* codes,
+                          float* dist, int64_t batch, int64_t n, int64_t k, int64_t dim, cudaStream_t stream) {
   const dim3 grid(grid_blocks(n, kThreadsPerBlock, 4096), static_cast<unsigned>(batch));
   QN_LAUNCH_KERNEL(grid, kThreadsPerBlock, kmeans_assign_smem_bytes(k, dim), stream,
                    kmeans_assign_kernel<scalar_t, centroid_t>)
-  (x, centroids, codes, dist, n, k, dim, kmeans_assign_tile_k(k, dim));
+  (x, centroids, max_c, codes, dist, n, k, dim, kmeans_assign_tile_k(k, dim));
 }
 
 template <typename scalar_t>

@@ -65,7 +65,7 @@ at::Tensor pq_linear_cuda(const at::Tensor& x, const at::Tensor& codes, const at
   const int64_t in = s.n_blocks * s.block_size;
   const bool fp64 = x.scalar_type() == at::kDouble;
   const at::ScalarType compute = fp64 ? at::kDouble : at::kFloat;
-  at::Tensor xf = x.reshape({-1, in}).to(compute).contiguous();
+  at::Tensor xf = flatten_rows(x).to(compute).contiguous();
   const int64_t M = xf.size(0);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if (act_bits > 0 && xf.numel() > 0) {

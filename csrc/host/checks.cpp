@@ -18,6 +18,12 @@ void check_seed(std::string_view op, const at::Tensor& seed, const c10::Device& 
 
 int64_t seed_value_on_cpu(const at::Tensor& seed) { return seed.item<int64_t>(); }
 
+at::Tensor flatten_rows(const at::Tensor& x) {
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
+  return x.reshape({rows, x.size(-1)});
+}
+
 void check_block_noise_args(const at::Tensor& weight, const at::Tensor& seed, double p, int64_t block_size,
                             bool rescale, std::string_view noise, std::string_view op) {
   QN_CHECK_VALUE(noise == "drop" || noise == "centroid", op, "noise must be one of {'drop', 'centroid'}, got '", noise,

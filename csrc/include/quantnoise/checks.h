@@ -27,6 +27,10 @@ bool is_supported_float(c10::ScalarType dtype);
 void check_seed(std::string_view op, const at::Tensor& seed, const c10::Device& device);
 int64_t seed_value_on_cpu(const at::Tensor& seed);
 
+// x [..., features] as [rows, features] (a view where possible). Unlike reshape({-1, features}) it
+// also works for features = 0, where F.linear's output is the bias: a checked x has dim >= 1.
+at::Tensor flatten_rows(const at::Tensor& x);
+
 // block_noise: weight [out, ...] float with row length divisible by block_size; p in [0, 1)
 // (p == 1 allowed without rescale); noise is one of the implemented kinds.
 void check_block_noise_args(const at::Tensor& weight, const at::Tensor& seed, double p, int64_t block_size,

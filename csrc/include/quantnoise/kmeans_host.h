@@ -16,4 +16,8 @@ struct KMeansUpdateIO {
 };
 KMeansUpdateIO kmeans_update_io(const at::Tensor& x, const at::Tensor& codes, int64_t n_centroids);
 
+// kmeans_assign's overflow bound of each problem: the largest |c| of centroids [B, K, D], NaN
+// ignored, float32 [B] on the centroids' device (kmeans_needs_exact, quantnoise/kmeans.h).
+at::Tensor kmeans_centroid_bounds(const at::Tensor& centroids);
+
 }  // namespace quantnoise
