@@ -41,7 +41,8 @@ void check_fake_quant_grid(std::string_view op, const at::Tensor& weight, std::s
                  s.device());
   QN_CHECK_VALUE(z.device() == weight.device(), op, "zero_point must be on weight's device ", weight.device(), ", got ",
                  z.device());
-  if (!s.device().is_cpu()) return;  // values: on a GPU reading them would sync the host every step
+  // Values: on a GPU reading them would sync the host every step; none to read for a weight with 0 rows.
+  if (!s.device().is_cpu() || s.numel() == 0) return;
   const at::Tensor sc = s.contiguous(), zc = z.contiguous();
   const float* sp = sc.const_data_ptr<float>();
   const int32_t* zp = zc.const_data_ptr<int32_t>();
