@@ -6,25 +6,32 @@
 TORCH_LIBRARY(quantnoise, m) {
   // Fused Quant-Noise on the blocks of `weight` (DESIGN §3.1). Block b (block_size consecutive
   // entries of a row of weight.reshape(out, -1)) is noised with probability p, drawn from
-  // Philox keyed by (seed, offset, b). noise="drop": noised blocks become 0, kept blocks are
-  // scaled by 1/(1-p) if rescale. noise="centroid": a noised block becomes its nearest row of
-  // `centroids` [K, block_size] (squared L2, ties to the lowest index), kept blocks are copied
-  // (s = 1; rescale is ignored). straight_through selects the backward (ops/noise.py); the
-  // forward ignores it. Returns a new contiguous tensor; weight is never written.
+  // Philox keyed by (seed, offset, b). The kinds (csrc/include/quantnoise/noise_kinds.h):
+  // noise="drop": noised blocks become 0, kept blocks are scaled by 1/(1-p) if rescale.
+  // noise="fake_quant": noised blocks become (clamp(rint(w / scale) + zero_point, quant_min,
+  // quant_max) - zero_point) * scale, kept entries are clamped to that grid's range; scale
+  // float32 and zero_point int32, [1] (per tensor) or [out] (per output channel).
+  // noise="centroid": a noised block becomes its nearest row of `centroids` [K, block_size]
+  // (squared L2, ties to the lowest index), kept blocks are copied. straight_through selects the
+  // backward (ops/noise.py); the forward ignores it. Returns a new contiguous tensor; weight is
+  // never written.
   m.def(
       "block_noise(Tensor weight, Tensor seed, float p, int block_size, int offset=0, bool rescale=True, "
-      "bool straight_through=True, str noise='drop', Tensor? centroids=None) -> Tensor");
+      "bool straight_through=True, str noise='drop', Tensor? centroids=None, Tensor? scale=None, "
+      "Tensor? zero_point=None, int quant_min=0, int quant_max=255) -> Tensor");
 
-  // y = input . block_noise(weight)^T + bias (noise="drop"), fused: the noised weight is never
-  // materialised (CPU: noised chunk by chunk into an L2-sized buffer). The mask is that of
-  // block_noise(weight, seed, p, block_size, offset), so the two ops agree exactly.
+  // y = input . block_noise(weight)^T + bias, fused: the noised weight is never materialised
+  // (CPU: noised chunk by chunk into an L2-sized buffer). The mask is that of block_noise with the
+  // same noise arguments, so the two ops agree exactly.
   m.def(
       "noisy_linear(Tensor input, Tensor weight, Tensor? bias, Tensor seed, float p, int block_size, int offset=0, "
-      "bool rescale=True, bool straight_through=True) -> Tensor");
+      "bool rescale=True, bool straight_through=True, str noise='drop', Tensor? centroids=None, "
+      "Tensor? scale=None, Tensor? zero_point=None, int quant_min=0, int quant_max=255) -> Tensor");
   // grad_output . block_noise(weight): the input gradient of noisy_linear.
   m.def(
       "noisy_linear_backward_input(Tensor grad_output, Tensor weight, Tensor seed, float p, int block_size, "
-      "int offset=0, bool rescale=True) -> Tensor");
+      "int offset=0, bool rescale=True, str noise='drop', Tensor? centroids=None, Tensor? scale=None, "
+      "Tensor? zero_point=None, int quant_min=0, int quant_max=255) -> Tensor");
   // Batched k-means E-step (DESIGN §3.2): for x [B, N, D] and centroids [B, K, D] (float32/16,
   // bfloat16; fp32 arithmetic), codes[b, n] = argmin_k ||x[b, n] - centroids[b, k]||^2 with ties
   // to the LOWEST k, and dist[b, n] = that squared distance (float32). Fused: never an N x K

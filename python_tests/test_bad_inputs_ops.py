@@ -124,7 +124,7 @@ BLOCK_NOISE = [
         ValueError,
         r"centroids must have shape \[K, block_size=4\]",
     ),
-    Case("block_noise", "range", "p 1.5", call(BN, w(4, 8), 1.5, 4, 1), ValueError, r"p must be in \[0, 1\), got 1.5"),
+    Case("block_noise", "range", "p 1.5", call(BN, w(4, 8), 1.5, 4, 1), ValueError, r"p must be in \[0, 1\], got 1.5"),
     Case(
         "block_noise",
         "range",
@@ -158,7 +158,7 @@ BLOCK_NOISE = [
         "rescale must be a bool",
     ),
     Case(
-        "block_noise", "nonfinite", "p NaN", call(BN, w(4, 8), NAN, 4, 1), ValueError, r"p must be in \[0, 1\), got nan"
+        "block_noise", "nonfinite", "p NaN", call(BN, w(4, 8), NAN, 4, 1), ValueError, r"p must be in \[0, 1\], got nan"
     ),
     Case(
         "block_noise",

@@ -172,14 +172,14 @@ def test_torch_compile_fullgraph():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"p": -0.1}, r"p must be in \[0, 1\), got -0.1"),
+        ({"p": -0.1}, r"p must be in \[0, 1\], got -0.1"),
         ({"p": 1.0}, r"p must be in \[0, 1\) when rescale=True.*got 1"),
-        ({"p": 1.5, "rescale": False}, r"p must be in \[0, 1\), got 1.5"),
-        ({"p": float("nan")}, r"p must be in \[0, 1\), got nan"),
+        ({"p": 1.5, "rescale": False}, r"p must be in \[0, 1\], got 1.5"),
+        ({"p": float("nan")}, r"p must be in \[0, 1\], got nan"),
         ({"block_size": 0}, r"block_size must be positive, got 0"),
         ({"block_size": -4}, r"block_size must be positive, got -4"),
         ({"block_size": 5}, r"block_size must divide the row length of weight \(32.*got block_size=5"),
-        ({"noise": "shuffle"}, r"noise must be one of \{'drop', 'centroid'\}, got 'shuffle'"),
+        ({"noise": "shuffle"}, r"noise must be one of \{'drop', 'fake_quant', 'centroid'\}, got 'shuffle'"),
     ],
 )
 def test_bad_values_name_argument_and_value(kwargs, match):

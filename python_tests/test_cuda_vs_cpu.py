@@ -28,15 +28,45 @@ def _block_noise_cases() -> list[tuple[str, Callable[[str], object]]]:
     return cases
 
 
+def _fake_quant_grid(w: torch.Tensor, per_channel: bool) -> dict:
+    """A min/max int8 grid of ``w`` (narrowed by 0.7, so some entries are clamped) as op keyword arguments."""
+    flat = w.float().reshape(w.shape[0], -1)
+    lo = (flat.amin(1) if per_channel else flat.amin().reshape(1)).clamp(max=0)
+    hi = (flat.amax(1) if per_channel else flat.amax().reshape(1)).clamp(min=0)
+    scale = ((hi - lo) / 255 * 0.7).clamp(min=1e-8)
+    zp = torch.clamp(-torch.round(lo / scale), 0, 255).to(torch.int32)
+    return {"noise": "fake_quant", "scale": scale, "zero_point": zp, "quant_min": 0, "quant_max": 255}
+
+
+def _fake_quant_cases() -> list[tuple[str, Callable[[str], object]]]:
+    cases = []
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        for per_channel, bs in ((False, 1), (True, 4)):
+            w = torch.randn(67, 24, dtype=dtype)
+            kw = _fake_quant_grid(w, per_channel)
+            name = f"fake_quant {dtype} per_channel={per_channel}"
+            cases.append((name, lambda d, w=w, kw=kw, bs=bs: ops.block_noise(w.to(d), 0.3, bs, 5, **_on(d, kw))))
+    return cases
+
+
 def _noisy_linear_cases() -> list[tuple[str, Callable[[str], object]]]:
     x, w, b = torch.randn(5, 7, 64), torch.randn(48, 64), torch.randn(48)
-    return [("forward", lambda d: ops.noisy_linear(x.to(d), w.to(d), b.to(d), 0.25, 8, 41, offset=1))]
+    kw = _fake_quant_grid(w, True)
+    return [
+        ("forward", lambda d: ops.noisy_linear(x.to(d), w.to(d), b.to(d), 0.25, 8, 41, offset=1)),
+        ("fake_quant", lambda d: ops.noisy_linear(x.to(d), w.to(d), b.to(d), 0.25, 1, 41, **_on(d, kw))),
+    ]
 
 
 def _noisy_linear_backward_input_cases() -> list[tuple[str, Callable[[str], object]]]:
     g, w = torch.randn(5, 7, 48), torch.randn(48, 64)
     op = torch.ops.quantnoise.noisy_linear_backward_input
-    return [("grad input", lambda d: op(g.to(d), w.to(d), torch.tensor(41), 0.25, 8, 1, True))]
+    kw = _fake_quant_grid(w, per_channel=True)
+    kind = lambda d: (kw["noise"], None, kw["scale"].to(d), kw["zero_point"].to(d), 0, 255)  # noqa: E731
+    return [
+        ("grad input", lambda d: op(g.to(d), w.to(d), torch.tensor(41), 0.25, 8, 1, True)),
+        ("fake_quant", lambda d: op(g.to(d), w.to(d), torch.tensor(41), 0.25, 1, 1, True, *kind(d))),
+    ]
 
 
 def _kmeans_assign_cases() -> list[tuple[str, Callable[[str], object]]]:
@@ -134,7 +164,7 @@ def _pq_cases(op: str):
 
 # op name -> cases; each case maps a device to the op's output(s) on inputs built once on the CPU.
 CASES: dict[str, Callable[[], list[tuple[str, Callable[[str], object]]]]] = {
-    "block_noise": _block_noise_cases,
+    "block_noise": lambda: _block_noise_cases() + _fake_quant_cases(),
     "noisy_linear": _noisy_linear_cases,
     "noisy_linear_backward_input": _noisy_linear_backward_input_cases,
     "kmeans_assign": _kmeans_assign_cases,
@@ -186,7 +216,7 @@ def test_cuda_op_matches_cpu_op(target, op):
 
 
 @pytest.mark.skipif("cuda-emu" not in selected_devices(), reason="cuda-emu not in QUANTNOISE_TEST_DEVICE")
-@pytest.mark.parametrize("noise", ["drop", "centroid"])
+@pytest.mark.parametrize("noise", ["drop", "centroid", "fake_quant"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_emulated_device_resident_seed_matches_cpu(noise, dtype):
     """block_noise's device-seed branch (the kernel reads the seed's two 32-bit words itself).
@@ -197,8 +227,10 @@ def test_emulated_device_resident_seed_matches_cpu(noise, dtype):
     load()
     w = torch.randn(129, 72, dtype=dtype)
     c = torch.randn(40, 8, dtype=dtype) if noise == "centroid" else None
+    grid = _fake_quant_grid(w, per_channel=True) if noise == "fake_quant" else {"noise": noise}
+    grid_args = [grid.get(k) for k in ("scale", "zero_point")] + ([0, 255] if noise == "fake_quant" else [])
     for seed in (int(torch.randint(2**32, 2**62, ())), 5, -3):  # both words, low word only, negative
         seed_t = torch.tensor(seed)
-        got = torch.ops.quantnoise_emu_test.block_noise_device_seed(w, seed_t, 0.3, 8, 3, True, noise, c)
-        expected = ops.block_noise(w, 0.3, 8, seed, offset=3, noise=noise, centroids=c)
+        got = torch.ops.quantnoise_emu_test.block_noise_device_seed(w, seed_t, 0.3, 8, 3, True, noise, c, *grid_args)
+        expected = ops.block_noise(w, 0.3, 8, seed, offset=3, centroids=c, **grid)
         assert torch.equal(got, expected), f"seed {seed}"

@@ -343,3 +343,69 @@ def block_noise_centroid(
     if mask.any():
         out[mask] = centroids[nearest_centroid(blocks[mask], centroids)]
     return out.view(weight.shape)
+
+
+# Scalar (int-N fake-quant) noise (DESIGN §3.1, noise="fake_quant"; issue 8).
+
+__all__ += ["fake_quant", "fake_quant_bounds", "block_noise_fake_quant", "fake_quant_clamp_mask", "emulate_int_fairseq"]
+
+
+def fake_quant(weight: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int) -> Tensor:
+    """``(clamp(rint(w * (1/s)) + z, qmin, qmax) - z) * s`` per tensor (1 value) or per row of
+    ``weight.reshape(out, -1)`` (``out`` values), in float32 (float64 for float64): PyTorch's own
+    ``fake_quantize_per_{tensor,channel}_affine`` arithmetic, written out."""
+    opmath = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    w = weight.reshape(weight.shape[0], -1).to(opmath)
+    s = scale.to(torch.float32).reshape(-1, 1).to(opmath)
+    inv_s = (1.0 / scale.to(torch.float32)).reshape(-1, 1).to(opmath)
+    z = zero_point.reshape(-1, 1).to(opmath)
+    q = torch.clamp(torch.round(w * inv_s) + z, quant_min, quant_max)
+    return ((q - z) * s).to(weight.dtype).view(weight.shape)
+
+
+def fake_quant_bounds(scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int) -> tuple[Tensor, Tensor]:
+    """The float range ``[(qmin - z) * s, (qmax - z) * s]`` of the grid, ``[n, 1]`` float32."""
+    s = scale.to(torch.float32).reshape(-1, 1)
+    z = zero_point.to(torch.float32).reshape(-1, 1)
+    return (quant_min - z) * s, (quant_max - z) * s
+
+
+def block_noise_fake_quant(
+    weight: Tensor,
+    p: float,
+    block_size: int,
+    seed: int,
+    scale: Tensor,
+    zero_point: Tensor,
+    quant_min: int,
+    quant_max: int,
+    offset: int = 0,
+) -> Tensor:
+    """Reference of ``ops.block_noise(noise="fake_quant")``: noised blocks become their fake-quantized
+    value, kept blocks are clamped to the grid's range (s = 1); the mask of ``block_noise_mask``."""
+    w = weight.reshape(weight.shape[0], -1)
+    mask = block_noise_mask(w.numel() // block_size, p, seed, offset, device=weight.device)
+    mask = mask.repeat_interleave(block_size).view_as(w)
+    lo, hi = fake_quant_bounds(scale, zero_point, quant_min, quant_max)
+    opmath = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    kept = torch.minimum(torch.maximum(w.to(opmath), lo.to(opmath)), hi.to(opmath)).to(weight.dtype)
+    return torch.where(mask, fake_quant(w, scale, zero_point, quant_min, quant_max), kept).view(weight.shape)
+
+
+def fake_quant_clamp_mask(weight: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int, quant_max: int) -> Tensor:
+    """Bool, ``weight``'s shape: the entries inside the grid's range (where the gradient passes)."""
+    w = weight.reshape(weight.shape[0], -1).float()
+    lo, hi = fake_quant_bounds(scale, zero_point, quant_min, quant_max)
+    return ((w >= lo) & (w <= hi)).view(weight.shape)
+
+
+def emulate_int_fairseq(weight: Tensor, p: float, scale: Tensor, zero_point: Tensor, bits: int) -> Tensor:
+    """fairseq's ``IntLinear`` weight noise as written (scalar/modules/qlinear.py), cached qparams
+    (observer excluded), per-tensor: the benchmark baseline. Bernoulli mask per weight, the noise
+    ``Q(W) - W`` computed from the unclamped weight (fairseq#2968), STE through ``clamp``."""
+    s, z = scale.to(weight.dtype), zero_point.to(weight.dtype)
+    w_q = (torch.clamp(torch.round(weight.detach() / s + z), 0, 2**bits - 1) - z) * s
+    mask = torch.zeros_like(weight).bernoulli_(1 - p).bool()
+    noise = (w_q - weight).masked_fill(mask, 0)
+    lo, hi = (-s * z).item(), (s * (2**bits - 1 - z)).item()
+    return torch.clamp(weight, lo, hi) + noise.detach()

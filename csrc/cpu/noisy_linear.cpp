@@ -14,6 +14,7 @@
 
 #include "block_noise_cpu.h"
 #include "quantnoise/checks.h"
+#include "quantnoise/noise_host.h"
 
 namespace quantnoise {
 namespace {
@@ -29,10 +30,7 @@ int64_t chunk_rows(const at::Tensor& w) {
 // (BLAS runs serially inside a parallel region). One fork-join per call, not two per chunk:
 // with many small regions, a core taken by another process stalls every barrier.
 template <typename Fn>
-void parallel_noised_chunks(const at::Tensor& w, const at::Tensor& seed, double p, int64_t block_size, int64_t offset,
-                            bool rescale, Fn&& fn) {
-  const BlockRng rng = make_block_rng(seed_value_on_cpu(seed), offset, p);
-  const double scale = rescale ? 1.0 / (1.0 - p) : 1.0;
+void parallel_noised_chunks(const at::Tensor& w, const NoiseArgs& args, Fn&& fn) {
   const int64_t rows = chunk_rows(w), in_features = w.size(1);
   const int64_t n_chunks = (w.size(0) + rows - 1) / rows;
   // Worker threads do not inherit this thread's dispatch state (e.g. "below autograd"): carry it.
@@ -43,7 +41,7 @@ void parallel_noised_chunks(const at::Tensor& w, const at::Tensor& seed, double 
     for (int64_t c = c_begin; c < c_end; ++c) {
       const int64_t r0 = c * rows, n = std::min(rows, w.size(0) - r0);
       at::Tensor chunk = buffer.narrow(0, 0, n);
-      drop_blocks_cpu(w.narrow(0, r0, n), chunk, r0 * in_features / block_size, block_size, rng, scale);
+      noise_blocks_cpu(w.narrow(0, r0, n), chunk, r0 * in_features / args.block_size, in_features, args);
       fn(at::get_thread_num(), r0, n, chunk);
     }
   });
@@ -53,20 +51,23 @@ at::Tensor noisy_linear_cpu(const at::Tensor& input,                // [..., in]
                             const at::Tensor& weight,               // [out, in]
                             const std::optional<at::Tensor>& bias,  // [out] or None
                             const at::Tensor& seed, double p, int64_t block_size, int64_t offset, bool rescale,
-                            bool /*straight_through: the autograd formula's (ops/noise.py)*/) {
-  check_noisy_linear_args(input, weight, bias, seed, p, block_size, rescale);
+                            bool /*straight_through: the autograd formula's (ops/noise.py)*/, c10::string_view noise,
+                            const std::optional<at::Tensor>& centroids, const std::optional<at::Tensor>& scale,
+                            const std::optional<at::Tensor>& zero_point, int64_t quant_min, int64_t quant_max) {
+  check_noisy_linear_args(input, weight, bias);
+  const NoiseArgs args = make_noise_args("noisy_linear", weight, seed, p, block_size, offset, rescale, noise, centroids,
+                                         scale, zero_point, quant_min, quant_max);
   const at::Tensor w = weight.contiguous();
   const at::Tensor x = flatten_rows(input);
   at::Tensor y = at::empty({x.size(0), w.size(0)}, input.options());
-  parallel_noised_chunks(w, seed, p, block_size, offset, rescale,
-                         [&](int, int64_t r0, int64_t n, const at::Tensor& chunk) {
-                           at::Tensor y_chunk = y.narrow(1, r0, n);
-                           if (bias.has_value()) {
-                             at::addmm_out(y_chunk, bias->narrow(0, r0, n), x, chunk.t());
-                           } else {
-                             at::mm_out(y_chunk, x, chunk.t());
-                           }
-                         });
+  parallel_noised_chunks(w, args, [&](int, int64_t r0, int64_t n, const at::Tensor& chunk) {
+    at::Tensor y_chunk = y.narrow(1, r0, n);
+    if (bias.has_value()) {
+      at::addmm_out(y_chunk, bias->narrow(0, r0, n), x, chunk.t());
+    } else {
+      at::mm_out(y_chunk, x, chunk.t());
+    }
+  });
   std::vector<int64_t> sizes(input.sizes().begin(), input.sizes().end() - 1);
   sizes.push_back(w.size(0));
   return y.view(sizes);
@@ -75,16 +76,21 @@ at::Tensor noisy_linear_cpu(const at::Tensor& input,                // [..., in]
 at::Tensor noisy_linear_backward_input_cpu(const at::Tensor& grad_output,  // [..., out]
                                            const at::Tensor& weight,       // [out, in]
                                            const at::Tensor& seed, double p, int64_t block_size, int64_t offset,
-                                           bool rescale) {
-  check_noisy_linear_backward_args(grad_output, weight, seed, p, block_size, rescale);
+                                           bool rescale, c10::string_view noise,
+                                           const std::optional<at::Tensor>& centroids,
+                                           const std::optional<at::Tensor>& scale,
+                                           const std::optional<at::Tensor>& zero_point, int64_t quant_min,
+                                           int64_t quant_max) {
+  check_noisy_linear_backward_args(grad_output, weight);
+  const NoiseArgs args = make_noise_args("noisy_linear_backward_input", weight, seed, p, block_size, offset, rescale,
+                                         noise, centroids, scale, zero_point, quant_min, quant_max);
   const at::Tensor w = weight.contiguous();
   const at::Tensor g = flatten_rows(grad_output);
   // One partial sum per thread (summed at the end): deterministic for a given thread count.
   at::Tensor partials = at::zeros({at::get_num_threads(), g.size(0), w.size(1)}, grad_output.options());
-  parallel_noised_chunks(w, seed, p, block_size, offset, rescale,
-                         [&](int thread, int64_t r0, int64_t n, const at::Tensor& chunk) {
-                           partials[thread].addmm_(g.narrow(1, r0, n), chunk);
-                         });
+  parallel_noised_chunks(w, args, [&](int thread, int64_t r0, int64_t n, const at::Tensor& chunk) {
+    partials[thread].addmm_(g.narrow(1, r0, n), chunk);
+  });
   at::Tensor grad_input = partials.sum(0);
   std::vector<int64_t> sizes(grad_output.sizes().begin(), grad_output.sizes().end() - 1);
   sizes.push_back(w.size(1));

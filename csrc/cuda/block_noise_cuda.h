@@ -4,11 +4,12 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "quantnoise/noise_host.h"
+
 namespace quantnoise {
 
-// A new contiguous tensor: weight with noise="drop" (block_noise's forward), on weight's device
-// and the current stream. The caller has checked the arguments (check_block_noise_args).
-at::Tensor block_noise_drop_cuda(const at::Tensor& weight, const at::Tensor& seed, double p, int64_t block_size,
-                                 int64_t offset, bool rescale);
+// A new contiguous tensor: weight with the noise of args (any kind; block_noise's forward), on
+// weight's device and the current stream. args comes from make_noise_args (checked).
+at::Tensor noised_weight_cuda(const at::Tensor& weight, const at::Tensor& seed, const NoiseArgs& args);
 
 }  // namespace quantnoise

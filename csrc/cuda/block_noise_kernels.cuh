@@ -8,25 +8,27 @@
 #include "quantnoise/blocks.h"
 #include "quantnoise/cuda_compat.h"
 #include "quantnoise/dispatch.h"
+#include "quantnoise/noise_kinds.h"
 #include "quantnoise/pq.h"
 
 namespace quantnoise {
 
-// One thread per element, grid-stride, 64-bit indices. Each thread redraws its block's lane
-// (Philox is ~40 integer ops; the kernel is bound by memory, not by that).
-// opmath_t is float for half/bfloat16/float and double for double.
-template <typename scalar_t, typename opmath_t>
-__global__ void block_noise_drop_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out, int64_t numel,
-                                        int64_t block_size, BlockRng rng, const int64_t* __restrict__ seed_on_device,
-                                        opmath_t scale) {
+// The element-wise kinds (drop, fake_quant: noise_kinds.h), one kernel for both. One thread per
+// element, grid-stride, 64-bit indices. Each thread redraws its block's lane and builds its row's
+// parameters (Philox is ~40 integer ops; the kernel is bound by memory, not by that).
+// Kind's opmath_t is float for half/bfloat16/float and double for double.
+template <typename scalar_t, typename Kind>
+__global__ void block_noise_elementwise_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out,
+                                               int64_t numel, int64_t block_size, int64_t row_len, BlockRng rng,
+                                               const int64_t* __restrict__ seed_on_device, Kind kind) {
   if (seed_on_device != nullptr) {  // seed lives on the GPU: read it here, never sync the host
     const uint64_t s = static_cast<uint64_t>(*seed_on_device);
     rng.key0 = static_cast<uint32_t>(s);
     rng.key1 = static_cast<uint32_t>(s >> 32);
   }
   QN_GRID_STRIDE_LOOP(i, numel) {
-    const bool dropped = rng.block_noised(i / block_size);
-    out[i] = dropped ? scalar_t(0) : static_cast<scalar_t>(scale * static_cast<opmath_t>(in[i]));
+    const auto row = kind.row(i / row_len);
+    out[i] = rng.block_noised(i / block_size) ? row.noised(in[i]) : row.kept(in[i]);
   }
 }
 
@@ -72,12 +74,26 @@ void launch_block_noise_centroid(const scalar_t* in, scalar_t* out, int64_t n_bl
 
 // Launch configuration, shared by the CUDA launcher (block_noise.cu) and the emulated one
 // (csrc/emu/block_noise_emu.cpp): both run exactly this grid.
-template <typename scalar_t, typename opmath_t>
-void launch_block_noise_drop(const scalar_t* in, scalar_t* out, int64_t numel, int64_t block_size, BlockRng rng,
-                             const int64_t* seed_on_device, opmath_t scale, cudaStream_t stream) {
+template <typename scalar_t, typename Kind>
+void launch_block_noise_elementwise(const scalar_t* in, scalar_t* out, int64_t numel, int64_t block_size,
+                                    int64_t row_len, BlockRng rng, const int64_t* seed_on_device, const Kind& kind,
+                                    cudaStream_t stream) {
   QN_LAUNCH_KERNEL(grid_blocks(numel, kThreadsPerBlock), kThreadsPerBlock, 0, stream,
-                   block_noise_drop_kernel<scalar_t, opmath_t>)
-  (in, out, numel, block_size, rng, seed_on_device, scale);
+                   block_noise_elementwise_kernel<scalar_t, Kind>)
+  (in, out, numel, block_size, row_len, rng, seed_on_device, kind);
+}
+
+// Any kind (noise_kinds.h): the element-wise kernel, or the block kernel for centroid noise.
+// weight holds numel entries in rows of row_len.
+template <typename scalar_t, typename Kind>
+void launch_block_noise(const scalar_t* in, scalar_t* out, int64_t numel, int64_t block_size, int64_t row_len,
+                        BlockRng rng, const int64_t* seed_on_device, const Kind& kind, cudaStream_t stream) {
+  if constexpr (Kind::kElementwise) {
+    launch_block_noise_elementwise(in, out, numel, block_size, row_len, rng, seed_on_device, kind, stream);
+  } else {
+    launch_block_noise_centroid<scalar_t, typename Kind::opmath_type>(in, out, numel / block_size, block_size, kind.C,
+                                                                      kind.K, rng, seed_on_device, stream);
+  }
 }
 
 }  // namespace quantnoise

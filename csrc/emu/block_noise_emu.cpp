@@ -5,10 +5,8 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
-#include <type_traits>
-
 #include "../cuda/block_noise_cuda.h"
-#include "quantnoise/checks.h"
+#include "quantnoise/noise_host.h"
 //
 #include "launcher.h"
 
@@ -25,26 +23,18 @@ namespace {
 
 at::Tensor block_noise_device_seed(const at::Tensor& weight, const at::Tensor& seed, double p, int64_t block_size,
                                    int64_t offset, bool rescale, c10::string_view noise,
-                                   const std::optional<at::Tensor>& centroids) {
-  check_block_noise_args(weight, seed, p, block_size, rescale, noise);
-  check_block_noise_centroids(weight, block_size, noise, centroids);
+                                   const std::optional<at::Tensor>& centroids, const std::optional<at::Tensor>& scale,
+                                   const std::optional<at::Tensor>& zero_point, int64_t quant_min, int64_t quant_max) {
+  NoiseArgs args = make_noise_args("block_noise", weight, seed, p, block_size, offset, rescale, noise, centroids, scale,
+                                   zero_point, quant_min, quant_max);
+  args.rng = make_block_rng(0, offset, p);  // keys left to the kernel, which reads *seed itself
   const at::Tensor w = weight.contiguous();
   at::Tensor out = at::empty_like(w, at::MemoryFormat::Contiguous);
-  const BlockRng rng = make_block_rng(0, offset, p);
-  const int64_t* seed_ptr = seed.const_data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "block_noise_device_seed", [&] {
-    using opmath_t = at::opmath_type<scalar_t>;
-    const scalar_t* in = w.const_data_ptr<scalar_t>();
-    if (noise == "centroid") {
-      const at::Tensor C = centroids->contiguous();
-      launch_block_noise_centroid<scalar_t, opmath_t>(in, out.mutable_data_ptr<scalar_t>(), w.numel() / block_size,
-                                                      block_size, C.const_data_ptr<scalar_t>(), C.size(0), rng,
-                                                      seed_ptr, nullptr);
-    } else {
-      const auto scale = static_cast<opmath_t>(rescale ? 1.0 / (1.0 - p) : 1.0);
-      launch_block_noise_drop<scalar_t, opmath_t>(in, out.mutable_data_ptr<scalar_t>(), w.numel(), block_size, rng,
-                                                  seed_ptr, scale, nullptr);
-    }
+    with_noise_kind<scalar_t, at::opmath_type<scalar_t>>(args, [&](const auto& kind) {
+      launch_block_noise(w.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), w.numel(), block_size,
+                         w.numel() / w.size(0), args.rng, seed.const_data_ptr<int64_t>(), kind, nullptr);
+    });
   });
   return out;
 }
@@ -55,6 +45,7 @@ at::Tensor block_noise_device_seed(const at::Tensor& weight, const at::Tensor& s
 TORCH_LIBRARY_FRAGMENT(quantnoise_emu_test, m) {
   m.def(
       "block_noise_device_seed(Tensor weight, Tensor seed, float p, int block_size, int offset, bool rescale, "
-      "str noise, Tensor? centroids) -> Tensor",
+      "str noise, Tensor? centroids, Tensor? scale=None, Tensor? zero_point=None, int quant_min=0, "
+      "int quant_max=255) -> Tensor",
       &quantnoise::block_noise_device_seed);
 }

@@ -7,6 +7,7 @@
 
 #include "../cuda/block_noise_cuda.h"
 #include "quantnoise/checks.h"
+#include "quantnoise/noise_host.h"
 //
 #include "launcher.h"
 

@@ -26,8 +26,6 @@ at::Tensor flatten_rows(const at::Tensor& x) {
 
 void check_block_noise_args(const at::Tensor& weight, const at::Tensor& seed, double p, int64_t block_size,
                             bool rescale, std::string_view noise, std::string_view op) {
-  QN_CHECK_VALUE(noise == "drop" || noise == "centroid", op, "noise must be one of {'drop', 'centroid'}, got '", noise,
-                 "'");
   QN_CHECK_TYPE(is_supported_float(weight.scalar_type()), op,
                 "weight must be float32, float16, bfloat16 or float64, got dtype ", weight.scalar_type());
   QN_CHECK_VALUE(weight.dim() >= 2, op, "weight must have at least 2 dimensions [out, ...], got shape ",
@@ -37,7 +35,7 @@ void check_block_noise_args(const at::Tensor& weight, const at::Tensor& seed, do
   for (int64_t d = 1; d < weight.dim(); ++d) row *= weight.size(d);
   QN_CHECK_VALUE(row % block_size == 0, op, "block_size must divide the row length of weight (", row, " for shape ",
                  weight.sizes(), "), got block_size=", block_size);
-  QN_CHECK_VALUE(std::isfinite(p) && p >= 0.0 && p <= 1.0, op, "p must be in [0, 1), got ", p);
+  QN_CHECK_VALUE(std::isfinite(p) && p >= 0.0 && p <= 1.0, op, "p must be in [0, 1], got ", p);
   QN_CHECK_VALUE(!(noise == "drop" && rescale && p >= 1.0), op,
                  "p must be in [0, 1) when rescale=True (survivors scale by 1/(1-p)), got ", p);
   check_seed(op, seed, weight.device());
@@ -58,11 +56,9 @@ void check_matmul_operand(std::string_view op, const char* name, const at::Tenso
 
 }  // namespace
 
-void check_noisy_linear_args(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                             const at::Tensor& seed, double p, int64_t block_size, bool rescale) {
+void check_noisy_linear_args(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   constexpr std::string_view op = "noisy_linear";
   QN_CHECK_VALUE(weight.dim() == 2, op, "weight must have shape [out, in], got ", weight.sizes());
-  check_block_noise_args(weight, seed, p, block_size, rescale, "drop", op);
   check_matmul_operand(op, "input", input, weight, weight.size(1));
   if (bias.has_value()) {
     QN_CHECK_TYPE(bias->scalar_type() == weight.scalar_type(), op, "bias must have weight's dtype ",
@@ -73,11 +69,9 @@ void check_noisy_linear_args(const at::Tensor& input, const at::Tensor& weight, 
   }
 }
 
-void check_noisy_linear_backward_args(const at::Tensor& grad_output, const at::Tensor& weight, const at::Tensor& seed,
-                                      double p, int64_t block_size, bool rescale) {
+void check_noisy_linear_backward_args(const at::Tensor& grad_output, const at::Tensor& weight) {
   constexpr std::string_view op = "noisy_linear_backward_input";
   QN_CHECK_VALUE(weight.dim() == 2, op, "weight must have shape [out, in], got ", weight.sizes());
-  check_block_noise_args(weight, seed, p, block_size, rescale, "drop", op);
   check_matmul_operand(op, "grad_output", grad_output, weight, weight.size(0));
 }
 
@@ -319,8 +313,7 @@ PQShape check_pq_embedding_backward_args(const at::Tensor& grad_out, const at::T
 namespace quantnoise {
 
 void check_block_noise_centroids(const at::Tensor& weight, int64_t block_size, std::string_view noise,
-                                 const std::optional<at::Tensor>& centroids) {
-  constexpr std::string_view op = "block_noise";
+                                 const std::optional<at::Tensor>& centroids, std::string_view op) {
   if (noise != "centroid") {
     QN_CHECK_VALUE(!centroids.has_value(), op, "centroids apply to noise='centroid' only, got noise='", noise, "'");
     return;

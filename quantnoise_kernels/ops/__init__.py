@@ -3,7 +3,8 @@
 Each public function is one hop to the dispatcher, which picks the CPU or CUDA kernel. The fake
 kernels give ``torch.compile`` output metadata; they mirror the C++ checks that shape depends on.
 
-- :mod:`.noise`: ``draw_seed``, ``block_noise``, ``noisy_linear`` (Quant-Noise).
+- :mod:`.noise`: ``draw_seed``, ``block_noise`` (Quant-Noise, every noise kind).
+- :mod:`.noisy`: ``noisy_linear`` (the fused noisy linear layer).
 - :mod:`.kmeans`: ``kmeans_assign``, ``kmeans_update`` (iPQ clustering).
 - :mod:`.pq`: ``pq_pack_codes``, ``pq_unpack_codes``, ``pq_decode``, ``pq_linear``, ``pq_embedding``,
   ``pq_linear_backward``, ``pq_embedding_backward`` (PQ training from the codes).
@@ -12,7 +13,8 @@ kernels give ``torch.compile`` output metadata; they mirror the C++ checks that 
 from __future__ import annotations
 
 from .kmeans import kmeans_assign, kmeans_update
-from .noise import block_noise, draw_seed, noisy_linear
+from .noise import block_noise, draw_seed
+from .noisy import noisy_linear
 from .pq import (
     pq_decode,
     pq_embedding,

@@ -9,19 +9,14 @@ same name; ``python_tests/test_fake_checks.py`` compares every message with the 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from .._blocks import MAX_CENTROIDS, check_block_size
+from .._blocks import MAX_CENTROIDS
 
 __all__ = [
-    "check_block_noise_args",
-    "check_block_noise_centroids",
-    "check_noisy_linear_args",
-    "check_noisy_linear_backward_args",
     "check_kmeans_assign_args",
     "check_kmeans_update_args",
     "check_pq_codebook_args",
@@ -69,119 +64,6 @@ def _value(cond, op: str, message: Callable[[], str]) -> None:
 def _type(cond, op: str, message: Callable[[], str]) -> None:
     """QN_CHECK_TYPE: TypeError ``quantnoise::<op>: <message>``."""
     torch._check_type(cond, lambda: f"quantnoise::{op}: {message()}")
-
-
-# ------------------------------------------------------------------------------------------ Quant-Noise
-
-
-def check_seed(op: str, seed: Tensor, device: torch.device) -> None:
-    _type(seed.dtype == torch.int64, op, lambda: f"seed must be an int64 tensor, got dtype {_name(seed.dtype)}")
-    _value(seed.numel() == 1, op, lambda: f"seed must hold exactly one element, got shape {_shape(seed.shape)}")
-    _value(
-        seed.device.type == "cpu" or seed.device == device,
-        op,
-        lambda: f"seed must be on the CPU or on {device}, got {seed.device}",
-    )
-
-
-def check_block_noise_args(
-    weight: Tensor, seed: Tensor, p: float, block_size: int, rescale: bool, noise: str, op: str = "block_noise"
-) -> None:
-    _value(noise in ("drop", "centroid"), op, lambda: f"noise must be one of {{'drop', 'centroid'}}, got '{noise}'")
-    _type(
-        weight.dtype in _FLOATS,
-        op,
-        lambda: f"weight must be float32, float16, bfloat16 or float64, got dtype {_name(weight.dtype)}",
-    )
-    _value(
-        weight.dim() >= 2,
-        op,
-        lambda: f"weight must have at least 2 dimensions [out, ...], got shape {_shape(weight.shape)}",
-    )
-    check_block_size(block_size, weight.shape, f"quantnoise::{op}")
-    _value(math.isfinite(p) and 0.0 <= p <= 1.0, op, lambda: f"p must be in [0, 1), got {p:g}")
-    _value(
-        not (noise == "drop" and rescale and p >= 1.0),
-        op,
-        lambda: f"p must be in [0, 1) when rescale=True (survivors scale by 1/(1-p)), got {p:g}",
-    )
-    check_seed(op, seed, weight.device)
-
-
-def check_block_noise_centroids(weight: Tensor, block_size: int, noise: str, centroids: Tensor | None) -> None:
-    op = "block_noise"
-    if noise != "centroid":
-        _value(centroids is None, op, lambda: f"centroids apply to noise='centroid' only, got noise='{noise}'")
-        return
-    _value(
-        centroids is not None, op, lambda: "centroids must be given for noise='centroid' (a [K, block_size] codebook)"
-    )
-    c = centroids
-    _value(
-        c.dim() == 2 and c.shape[0] > 0 and c.shape[1] == block_size,
-        op,
-        lambda: f"centroids must have shape [K, block_size={block_size}] with K > 0, got shape {_shape(c.shape)}",
-    )
-    _type(
-        c.dtype == weight.dtype,
-        op,
-        lambda: f"centroids must have weight's dtype {_name(weight.dtype)}, got {_name(c.dtype)}",
-    )
-    _value(
-        c.device == weight.device, op, lambda: f"centroids must be on weight's device {weight.device}, got {c.device}"
-    )
-
-
-def _check_matmul_operand(op: str, name: str, x: Tensor, weight: Tensor, features: int) -> None:
-    _type(
-        x.dtype == weight.dtype,
-        op,
-        lambda: f"{name} must have weight's dtype {_name(weight.dtype)}, got {_name(x.dtype)}",
-    )
-    _value(x.device == weight.device, op, lambda: f"{name} must be on weight's device {weight.device}, got {x.device}")
-    _value(
-        x.dim() >= 1 and x.shape[-1] == features,
-        op,
-        lambda: (
-            f"{name} must have shape [..., {features}] to match weight {_shape(weight.shape)}, got {_shape(x.shape)}"
-        ),
-    )
-
-
-def _check_linear_weight(op: str, weight: Tensor) -> None:
-    _value(weight.dim() == 2, op, lambda: f"weight must have shape [out, in], got {_shape(weight.shape)}")
-
-
-def check_noisy_linear_args(
-    input: Tensor, weight: Tensor, bias: Tensor | None, seed: Tensor, p: float, block_size: int, rescale: bool
-) -> None:
-    op = "noisy_linear"
-    _check_linear_weight(op, weight)
-    check_block_noise_args(weight, seed, p, block_size, rescale, "drop", op)
-    _check_matmul_operand(op, "input", input, weight, weight.shape[1])
-    if bias is not None:
-        _type(
-            bias.dtype == weight.dtype,
-            op,
-            lambda: f"bias must have weight's dtype {_name(weight.dtype)}, got {_name(bias.dtype)}",
-        )
-        _value(
-            bias.device == weight.device and bias.dim() == 1 and bias.shape[0] == weight.shape[0],
-            op,
-            lambda: (
-                f"bias must have shape [{weight.shape[0]}] on {weight.device}, got shape {_shape(bias.shape)} "
-                f"on {bias.device}"
-            ),
-        )
-
-
-def check_noisy_linear_backward_args(
-    grad_output: Tensor, weight: Tensor, seed: Tensor, p: float, block_size: int, rescale: bool
-) -> None:
-    op = "noisy_linear_backward_input"
-    _check_linear_weight(op, weight)
-    check_block_noise_args(weight, seed, p, block_size, rescale, "drop", op)
-    _check_matmul_operand(op, "grad_output", grad_output, weight, weight.shape[0])
 
 
 # ------------------------------------------------------------------------------------------ k-means

@@ -1,25 +1,27 @@
-"""Quant-Noise ops: ``block_noise`` and the fused ``noisy_linear``, with fake kernels and autograd.
+"""Quant-Noise ops: ``block_noise`` and its backward, with fake kernels and autograd (the fused layers:
+:mod:`.noisy`).
 
-The seed of every mask is a 0-d int64 tensor drawn from torch's RNG (:func:`draw_seed`).
+Every op takes the same noise arguments (:class:`NoiseSpec` bundles them): the rate ``p``, the
+``block_size``, the Philox ``seed`` (a 0-d int64 tensor drawn from torch's RNG, :func:`draw_seed`)
+and ``offset``, and the kind: ``noise="drop"`` (``rescale``), ``"fake_quant"`` (``scale``,
+``zero_point``, ``quant_min``, ``quant_max``) or ``"centroid"`` (``centroids``). The backward of
+every op (:func:`noise_backward`): straight-through (``drop``: times ``1/(1-p)`` with ``rescale``;
+``fake_quant``: times the clamp mask), or dropout-style with ``straight_through=False`` (0 on
+noised blocks).
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 
 import torch
 from torch import Tensor
 
 from .._blocks import SEED_HIGH
 from ._args import bool_arg, float_arg, int_arg, seed_arg
-from ._checks import (
-    check_block_noise_args,
-    check_block_noise_centroids,
-    check_noisy_linear_args,
-    check_noisy_linear_backward_args,
-)
+from ._noise_checks import check_noise_args
 
-__all__ = ["draw_seed", "block_noise", "noisy_linear"]
+__all__ = ["draw_seed", "block_noise", "noise_backward", "NoiseSpec"]
 
 
 def draw_seed(generator: torch.Generator | None = None) -> Tensor:
@@ -30,20 +32,75 @@ def draw_seed(generator: torch.Generator | None = None) -> Tensor:
     return torch.randint(0, SEED_HIGH, (), dtype=torch.int64, generator=generator)
 
 
-def _noise_args(op: str, seed, p, block_size, offset, rescale, straight_through) -> tuple:
-    """``(seed, p, block_size, offset, rescale, straight_through)`` as the schemas take them (a seed tensor),
-    each checked (:mod:`._args`: no silent truncation of ``block_size=4.5``, no truthiness of ``rescale="no"``).
+@dataclasses.dataclass(frozen=True)
+class NoiseSpec:
+    """The noise arguments shared by the ops, in the schemas' order after ``seed``."""
 
-    The wrappers' positional order ``(p, block_size, seed)`` is the documented one (fairseq's ``quant_noise``
-    order); the schemas take the seed first. Everything after ``seed`` is keyword-only."""
-    return (
-        seed_arg(op, seed),
-        float_arg(op, "p", p),
-        int_arg(op, "block_size", block_size),
-        int_arg(op, "offset", offset),
-        bool_arg(op, "rescale", rescale),
-        bool_arg(op, "straight_through", straight_through),
-    )
+    p: float
+    block_size: int
+    offset: int = 0
+    rescale: bool = True
+    straight_through: bool = True
+    noise: str = "drop"
+    centroids: Tensor | None = None
+    scale: Tensor | None = None
+    zero_point: Tensor | None = None
+    quant_min: int = 0
+    quant_max: int = 255
+
+    @classmethod
+    def of(
+        cls,
+        op: str,
+        p,
+        block_size,
+        *,
+        offset=0,
+        rescale=True,
+        straight_through=True,
+        quant_min=0,
+        quant_max=255,
+        **kind,
+    ) -> NoiseSpec:
+        """The wrapper arguments, each checked (:mod:`._args`: no silent truncation of ``block_size=4.5``, no
+        truthiness of ``rescale="no"``); the tensors and the kind are checked by the kernels."""
+        return cls(
+            float_arg(op, "p", p),
+            int_arg(op, "block_size", block_size),
+            int_arg(op, "offset", offset),
+            bool_arg(op, "rescale", rescale),
+            bool_arg(op, "straight_through", straight_through),
+            quant_min=int_arg(op, "quant_min", quant_min),
+            quant_max=int_arg(op, "quant_max", quant_max),
+            **kind,
+        )
+
+    def schema_args(self, seed: Tensor, *, straight_through: bool = True) -> tuple:
+        """``(seed, p, block_size, offset, rescale, [straight_through,] noise, centroids, scale, zero_point,
+        quant_min, quant_max)`` as the schemas take them (``straight_through=False`` drops that entry, for
+        ``noisy_linear_backward_input``). The wrappers' positional order ``(p, block_size, seed)`` is the
+        documented one (fairseq's ``quant_noise`` order); the schemas take the seed first."""
+        head = (seed, self.p, self.block_size, self.offset, self.rescale)
+        st = (self.straight_through,) if straight_through else ()
+        kind = (self.noise, self.centroids, self.scale, self.zero_point, self.quant_min, self.quant_max)
+        return head + st + kind
+
+    @property
+    def drop_scale(self) -> float:
+        """What kept blocks of noise="drop" are multiplied by (1 for the other kinds)."""
+        return 1.0 / (1.0 - self.p) if self.noise == "drop" and self.rescale else 1.0
+
+    def grid_bounds(self) -> tuple[Tensor, Tensor]:
+        """fake_quant: the float range ``[(quant_min - z) * s, (quant_max - z) * s]`` of the grid, float32
+        ``[1, 1]`` or ``[out, 1]``, computed as the kernels compute it (float32 products)."""
+        z = self.zero_point.to(torch.float32).reshape(-1, 1)
+        s = self.scale.reshape(-1, 1)
+        return (self.quant_min - z) * s, (self.quant_max - z) * s
+
+
+def _spec(args: tuple) -> NoiseSpec:
+    """The NoiseSpec of a schema's ``(p, block_size, offset, rescale, straight_through, noise, ...)``."""
+    return NoiseSpec(*args)
 
 
 def block_noise(
@@ -57,8 +114,12 @@ def block_noise(
     straight_through: bool = True,
     noise: str = "drop",
     centroids: Tensor | None = None,
+    scale: Tensor | None = None,
+    zero_point: Tensor | None = None,
+    quant_min: int = 0,
+    quant_max: int = 255,
 ) -> Tensor:
-    """Fused Quant-Noise on the blocks of ``weight`` (one pass, no mask tensor).
+    """Fused Quant-Noise on the blocks of ``weight`` (one pass, no mask tensor; DESIGN §3.1).
 
     ``weight`` is viewed as ``weight.reshape(out, -1)``; a block is ``block_size`` consecutive
     entries of a row. Each block is noised with probability ``p`` from a Philox draw keyed by
@@ -66,132 +127,91 @@ def block_noise(
 
     Args:
         weight: ``[out, ...]`` float32/float16/bfloat16/float64; never modified.
-        p: noise rate in ``[0, 1)`` (``1`` allowed when ``rescale=False``).
+        p: noise rate, fraction of blocks noised, in ``[0, 1]`` (``< 1`` for ``noise="drop"`` with rescale).
         block_size: block length; must divide the row length ``weight[0].numel()``.
         seed: int or one-element int64 tensor (CPU or ``weight``'s device); see :func:`draw_seed`.
         offset: second Philox counter word, to draw independent masks from one seed.
         rescale: ``noise="drop"`` only: scale kept blocks by ``1/(1-p)`` (fairseq's default).
-            Ignored by ``noise="centroid"`` (``s = 1``, so ``p = 1`` is allowed there).
-        straight_through: backward passes ``s*grad`` to every entry (the paper's
+        straight_through: backward passes the gradient to every entry (the paper's
             ``W + stopgrad(mask*(phi(W)-W))``); ``False``: dropout-style, 0 on noised blocks.
-        noise: ``"drop"`` (noised blocks become 0) or ``"centroid"`` (a noised block becomes its
-            nearest row of ``centroids`` in squared L2, ties to the lowest index; kept blocks
-            are copied unscaled).
-        centroids: ``noise="centroid"`` only (required there): ``[K, block_size]`` codebook with
-            ``weight``'s dtype and device. Not differentiated.
+        noise: ``"drop"`` (noised blocks become 0), ``"fake_quant"`` (noised blocks become their
+            int-N fake-quantized value, kept entries are clamped to the grid's range, the gradient is
+            straight-through times the clamp mask) or ``"centroid"`` (a noised block becomes its
+            nearest row of ``centroids``; kept blocks are copied).
+        centroids: ``noise="centroid"``: ``[K, block_size]`` codebook, ``weight``'s dtype and device.
+        scale, zero_point: ``noise="fake_quant"``: float32 / int32, ``[1]`` (per tensor) or ``[out]``
+            (per output channel, dim 0 of ``weight.reshape(out, -1)``); value ``(q - zero_point) * scale``.
+        quant_min, quant_max: ``noise="fake_quant"``: the integer grid, 2 to 8 bits (e.g. 0, 255).
 
     Returns:
         A new contiguous tensor of ``weight``'s shape and dtype.
+
+    Raises:
+        ValueError, TypeError: a bad argument, named with its value.
     """
-    args = _noise_args("block_noise", seed, p, block_size, offset, rescale, straight_through)
-    return torch.ops.quantnoise.block_noise.default(weight, *args, noise, centroids)
+    spec = NoiseSpec.of(
+        "block_noise",
+        p,
+        block_size,
+        offset=offset,
+        rescale=rescale,
+        straight_through=straight_through,
+        noise=noise,
+        centroids=centroids,
+        scale=scale,
+        zero_point=zero_point,
+        quant_min=quant_min,
+        quant_max=quant_max,
+    )
+    return torch.ops.quantnoise.block_noise.default(weight, *spec.schema_args(seed_arg("block_noise", seed)))
 
 
+def _check_spec(op: str, weight: Tensor, seed: Tensor, spec: NoiseSpec) -> None:
+    """The fake kernels' mirror of ``make_noise_args`` (csrc/host/noise_host.cpp)."""
+    check_noise_args(op, weight, seed, spec.p, spec.block_size, spec.rescale, spec.noise, spec.centroids,
+                     spec.scale, spec.zero_point, spec.quant_min, spec.quant_max)  # fmt: skip
+
+
+# The fakes take the schema's arguments positionally; the noise arguments follow (weight, seed) as NoiseSpec's.
 @torch.library.register_fake("quantnoise::block_noise")
-def _block_noise_fake(
-    weight, seed, p, block_size, offset=0, rescale=True, straight_through=True, noise="drop", centroids=None
-):
-    check_block_noise_args(weight, seed, p, block_size, rescale, noise)
-    check_block_noise_centroids(weight, block_size, noise, centroids)
+def _block_noise_fake(weight, seed, *noise):
+    _check_spec("block_noise", weight, seed, _spec(noise))
     return torch.empty_like(weight, memory_format=torch.contiguous_format)
 
 
+def noise_backward(grad: Tensor, weight: Tensor, seed: Tensor, spec: NoiseSpec) -> Tensor:
+    """The gradient of ``weight`` given ``grad`` (``weight``'s shape), the gradient of the noised weight.
+
+    Straight-through (the paper's ``W + stopgrad(mask * (phi(W) - W))``): ``grad`` times the ``drop`` rescale
+    factor; ``straight_through=False``: 0 on noised blocks (the ``drop`` forward on ``grad``, same mask). For
+    ``fake_quant`` also 0 where the weight lies outside the grid's range (the clamp's gradient).
+    """
+    if spec.straight_through:
+        g = grad * spec.drop_scale if spec.drop_scale != 1.0 else grad
+    else:
+        rescale = spec.drop_scale != 1.0
+        args = (seed, spec.p, spec.block_size, spec.offset, rescale, False, "drop")
+        g = torch.ops.quantnoise.block_noise.default(grad.contiguous(), *args).view(grad.shape)
+    if spec.noise != "fake_quant":
+        return g
+    lo, hi = spec.grid_bounds()
+    w = weight.flatten(1).to(torch.float32)
+    inside = (w >= lo) & (w <= hi)
+    zero = torch.zeros((), dtype=g.dtype, device=g.device)
+    return torch.where(inside, g.reshape(inside.shape), zero).view(grad.shape)
+
+
 def _block_noise_setup_context(ctx, inputs, output):
-    _, seed, p, block_size, offset, rescale, straight_through, noise, _centroids = inputs
-    ctx.save_for_backward(seed)
-    ctx.args = (p, block_size, offset, rescale, straight_through, noise)
+    weight, seed, *rest = inputs
+    ctx.save_for_backward(weight, seed)
+    ctx.spec = _spec(tuple(rest))
 
 
 def _block_noise_backward(ctx, grad: Tensor):
-    (seed,) = ctx.saved_tensors
-    p, block_size, offset, rescale, straight_through, noise = ctx.args
-    scale = 1.0 / (1.0 - p) if (noise == "drop" and rescale) else 1.0
-    if straight_through:  # identity (times s) on every entry, as if no block were noised
-        grad_weight = grad * scale if scale != 1.0 else grad
-    else:  # dropout-style: s*grad on kept blocks, 0 on noised ones = the drop forward on grad
-        grad_weight = torch.ops.quantnoise.block_noise.default(
-            grad, seed, p, block_size, offset, scale != 1.0, False, "drop"
-        ).view_as(grad)
-    return grad_weight, None, None, None, None, None, None, None, None
+    weight, seed = ctx.saved_tensors
+    return (noise_backward(grad, weight, seed, ctx.spec),) + (None,) * 12
 
 
 torch.library.register_autograd(
     "quantnoise::block_noise", _block_noise_backward, setup_context=_block_noise_setup_context
-)
-
-
-def noisy_linear(
-    input: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    p: float,
-    block_size: int,
-    seed: int | Tensor,
-    *,
-    offset: int = 0,
-    rescale: bool = True,
-    straight_through: bool = True,
-) -> Tensor:
-    """``F.linear(input, block_noise(weight, ...), bias)`` without materialising the noised weight.
-
-    Same mask as :func:`block_noise` for the same ``(seed, offset)``. On the CPU the weight is
-    noised an L2-sized chunk of rows at a time and multiplied from there, so a noisy training
-    step costs about what a plain one does.
-
-    Args:
-        input: ``[..., in]``, weight's dtype and device.
-        weight: ``[out, in]``; never modified.
-        bias: ``[out]`` or ``None``.
-        p, block_size, seed, offset, rescale, straight_through: as :func:`block_noise` (``noise="drop"``).
-
-    Returns:
-        ``[..., out]``.
-    """
-    args = _noise_args("noisy_linear", seed, p, block_size, offset, rescale, straight_through)
-    return torch.ops.quantnoise.noisy_linear.default(input, weight, bias, *args)
-
-
-@torch.library.register_fake("quantnoise::noisy_linear")
-def _noisy_linear_fake(input, weight, bias, seed, p, block_size, offset=0, rescale=True, straight_through=True):
-    check_noisy_linear_args(input, weight, bias, seed, p, block_size, rescale)
-    return input.new_empty((*input.shape[:-1], weight.shape[0]))
-
-
-@torch.library.register_fake("quantnoise::noisy_linear_backward_input")
-def _noisy_linear_backward_input_fake(grad_output, weight, seed, p, block_size, offset=0, rescale=True):
-    check_noisy_linear_backward_args(grad_output, weight, seed, p, block_size, rescale)
-    return grad_output.new_empty((*grad_output.shape[:-1], weight.shape[1]))
-
-
-def _noisy_linear_setup_context(ctx, inputs, output):
-    input, weight, bias, seed, p, block_size, offset, rescale, straight_through = inputs
-    ctx.save_for_backward(input, weight, seed)
-    ctx.args = (p, block_size, offset, rescale, straight_through)
-
-
-def _noisy_linear_backward(ctx, grad: Tensor):
-    input, weight, seed = ctx.saved_tensors
-    p, block_size, offset, rescale, straight_through = ctx.args
-    grad_input = grad_weight = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_input = torch.ops.quantnoise.noisy_linear_backward_input.default(
-            grad, weight, seed, p, block_size, offset, rescale
-        )
-    g = grad.reshape(math.prod(grad.shape[:-1]), weight.shape[0])  # not -1: also for 0 features
-    if ctx.needs_input_grad[1]:
-        x = input.reshape(math.prod(input.shape[:-1]), weight.shape[1])
-        scale = 1.0 / (1.0 - p) if rescale else 1.0
-        if straight_through:  # scale the small gradient, not the weight-sized product
-            grad_weight = (g * scale if scale != 1.0 else g).t().mm(x)
-        else:
-            grad_weight = torch.ops.quantnoise.block_noise.default(
-                g.t().mm(x), seed, p, block_size, offset, rescale, False, "drop"
-            )
-    if ctx.needs_input_grad[2]:
-        grad_bias = g.sum(0)
-    return grad_input, grad_weight, grad_bias, None, None, None, None, None, None
-
-
-torch.library.register_autograd(
-    "quantnoise::noisy_linear", _noisy_linear_backward, setup_context=_noisy_linear_setup_context
 )

@@ -31,22 +31,21 @@ int64_t seed_value_on_cpu(const at::Tensor& seed);
 // also works for features = 0, where F.linear's output is the bias: a checked x has dim >= 1.
 at::Tensor flatten_rows(const at::Tensor& x);
 
-// block_noise: weight [out, ...] float with row length divisible by block_size; p in [0, 1)
-// (p == 1 allowed without rescale); noise is one of the implemented kinds.
+// The noise arguments shared by every noise kind (the whole set: make_noise_args, noise_host.h):
+// weight [out, ...] float with row length divisible by block_size; p in [0, 1] (< 1 for drop
+// with rescale); the seed.
 void check_block_noise_args(const at::Tensor& weight, const at::Tensor& seed, double p, int64_t block_size,
                             bool rescale, std::string_view noise, std::string_view op = "block_noise");
 
 // noisy_linear: input [..., in] with weight's dtype and device, weight [out, in], bias [out] or
-// None, and the block_noise conditions on weight.
-void check_noisy_linear_args(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                             const at::Tensor& seed, double p, int64_t block_size, bool rescale);
-void check_noisy_linear_backward_args(const at::Tensor& grad_output, const at::Tensor& weight, const at::Tensor& seed,
-                                      double p, int64_t block_size, bool rescale);
+// None (the noise arguments: make_noise_args).
+void check_noisy_linear_args(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias);
+void check_noisy_linear_backward_args(const at::Tensor& grad_output, const at::Tensor& weight);
 
 // block_noise's codebook: for noise='centroid', centroids [K, block_size] (K > 0) with weight's
 // dtype and device; any other noise kind takes no centroids.
 void check_block_noise_centroids(const at::Tensor& weight, int64_t block_size, std::string_view noise,
-                                 const std::optional<at::Tensor>& centroids);
+                                 const std::optional<at::Tensor>& centroids, std::string_view op = "block_noise");
 
 // PQ ops (DESIGN §3.3). codes: uint8 or int32, 2-D, [out, n_blocks] or, with
 // codes_transposed, packed [n_blocks, out]; centroids [K, block_size] float, or int8 with
