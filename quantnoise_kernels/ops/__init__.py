@@ -5,12 +5,14 @@ kernels give ``torch.compile`` output metadata; they mirror the C++ checks that 
 
 - :mod:`.noise`: ``draw_seed``, ``block_noise``, ``noisy_linear`` (Quant-Noise).
 - :mod:`.kmeans`: ``kmeans_assign``, ``kmeans_update`` (iPQ clustering).
+- :mod:`.kmeans_weighted`: ``kmeans_assign_weighted``, ``kmeans_update_weighted`` (activation-aware iPQ).
 - :mod:`.pq`: ``pq_pack_codes``, ``pq_unpack_codes``, ``pq_decode``, ``pq_linear``, ``pq_embedding``.
 """
 
 from __future__ import annotations
 
 from .kmeans import kmeans_assign, kmeans_update
+from .kmeans_weighted import kmeans_assign_weighted, kmeans_update_weighted
 from .noise import block_noise, draw_seed, noisy_linear
 from .pq import pq_decode, pq_embedding, pq_linear, pq_pack_codes, pq_unpack_codes
 
@@ -19,6 +21,8 @@ __all__ = [
     "draw_seed",
     "kmeans_assign",
     "kmeans_update",
+    "kmeans_assign_weighted",
+    "kmeans_update_weighted",
     "noisy_linear",
     "pq_pack_codes",
     "pq_unpack_codes",

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "quantnoise/kmeans.h"
+#include "quantnoise/kmeans_weighted_host.h"
 
 namespace quantnoise {
 
@@ -85,5 +86,13 @@ namespace quantnoise {
 // 1 <= K <= kKMeansMaxCentroids. kmeans_update: codes [B, N] int64, 1 <= n_centroids <= max.
 void check_kmeans_assign_args(const at::Tensor& x, const at::Tensor& centroids);
 void check_kmeans_update_args(const at::Tensor& x, const at::Tensor& codes, int64_t n_centroids);
+
+// kmeans_assign_weighted / kmeans_update_weighted: kmeans_assign's (or kmeans_update's) checks plus
+// h float32 [B, G, D, D] (symmetric) or [B, G, D] (diagonal, >= 0) on x's device, G >= 1 dividing N,
+// finite, with a non-negative diagonal. Returns the shapes both devices need.
+KMeansWeightedShape check_kmeans_assign_weighted_args(const at::Tensor& x, const at::Tensor& centroids,
+                                                      const at::Tensor& h);
+KMeansWeightedShape check_kmeans_update_weighted_args(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& h,
+                                                      int64_t n_centroids);
 
 }  // namespace quantnoise
