@@ -40,6 +40,15 @@ TORCH_LIBRARY(quantnoise, m) {
   // k-means M-step statistics: sums[b, k] = sum of x[b, n] over n with codes[b, n] == k (float32),
   // counts[b, k] = their number (int64). codes must lie in [0, n_centroids) (checked).
   m.def("kmeans_update(Tensor x, Tensor codes, int n_centroids) -> (Tensor sums, Tensor counts)");
+  // Activation-aware k-means (issue 10; csrc/include/quantnoise/kmeans_weighted.h): as
+  // kmeans_assign/kmeans_update with the distance (x - c)^T H (x - c), where point n of problem b
+  // uses h[b, n % G] (float32 [B, G, D, D] symmetric, or [B, G, D] diagonal). assign: codes and
+  // that weighted distance. update: per cluster k, h_sums = sum of the points' H, hx_sums = sum of
+  // H x, sums = sum of x (float32) and counts (int64); the centroid is h_sums^-1 hx_sums.
+  m.def("kmeans_assign_weighted(Tensor x, Tensor centroids, Tensor h) -> (Tensor codes, Tensor dist)");
+  m.def(
+      "kmeans_update_weighted(Tensor x, Tensor codes, Tensor h, int n_centroids) -> (Tensor h_sums, Tensor hx_sums, "
+      "Tensor sums, Tensor counts)");
   // PQ-compressed weights (DESIGN §3.3, csrc/include/quantnoise/pq.h). Block (o, j) of
   // W.reshape(out, -1) is centroids[codes[o][j]] (int8 centroids: (c - zero_point) * scale, one
   // value or one per centroid). codes are [out, n_blocks] or, with codes_transposed, the packed

@@ -82,6 +82,27 @@ def _kmeans_update_cases() -> list[tuple[str, Callable[[str], object]]]:
     return [("B=2 N=500 K=20 D=8", lambda dev: ops.kmeans_update(x.to(dev), codes.to(dev), 20))]
 
 
+def _weighted_h(b: int, g: int, d: int, diag: bool) -> torch.Tensor:
+    if diag:
+        return torch.rand(b, g, d) + 0.1
+    a = torch.randn(b, g, d, d)
+    return a @ a.transpose(-1, -2) + 0.1 * torch.eye(d)
+
+
+def _kmeans_assign_weighted_cases() -> list[tuple[str, Callable[[str], object]]]:
+    cases = []
+    for b, g, m, k, d, diag in ((1, 3, 50, 16, 8, False), (2, 2, 37, 40, 5, True)):
+        x, c, h = torch.randn(b, g * m, d), torch.randn(b, k, d), _weighted_h(b, g, d, diag)
+        run = lambda dev, x=x, c=c, h=h: ops.kmeans_assign_weighted(x.to(dev), c.to(dev), h.to(dev))  # noqa: E731
+        cases.append((f"B={b} G={g} N={g * m} K={k} D={d} diag={diag}", run))
+    return cases
+
+
+def _kmeans_update_weighted_cases() -> list[tuple[str, Callable[[str], object]]]:
+    x, codes, h = torch.randn(2, 120, 6), torch.randint(0, 9, (2, 120)), _weighted_h(2, 4, 6, False)
+    return [("B=2 N=120 G=4 K=9 D=6", lambda dev: ops.kmeans_update_weighted(x.to(dev), codes.to(dev), h.to(dev), 9))]
+
+
 def _int8_codebook(k: int, bs: int, per_centroid: bool) -> dict:
     """int8 centroids with their scale and zero point (1 or K of each)."""
     n = k if per_centroid else 1
@@ -169,6 +190,8 @@ CASES: dict[str, Callable[[], list[tuple[str, Callable[[str], object]]]]] = {
     "noisy_linear_backward_input": _noisy_linear_backward_input_cases,
     "kmeans_assign": _kmeans_assign_cases,
     "kmeans_update": _kmeans_update_cases,
+    "kmeans_assign_weighted": _kmeans_assign_weighted_cases,
+    "kmeans_update_weighted": _kmeans_update_weighted_cases,
     "pq_decode": _pq_cases("pq_decode"),
     "pq_embedding": _pq_cases("pq_embedding"),
     "pq_linear": _pq_cases("pq_linear"),
@@ -180,6 +203,8 @@ TOLERANCE: dict[str, dict] = {
     "block_noise": {"rtol": 0, "atol": 0},
     "kmeans_assign": {"rtol": 1e-5, "atol": 1e-5},  # codes exact (ints); distances up to rounding
     "kmeans_update": {"rtol": 1e-5, "atol": 1e-5},  # float atomics sum in arrival order
+    "kmeans_assign_weighted": {"rtol": 0, "atol": 0},  # the same fmaf chains on both devices
+    "kmeans_update_weighted": {"rtol": 1e-5, "atol": 1e-4},  # CPU fp64, CUDA float atomics
     "pq_decode": {"rtol": 0, "atol": 0},
     "pq_embedding": {"rtol": 0, "atol": 0},
     "pq_linear": {"rtol": 1e-4, "atol": 1e-4},  # summation order differs between kernels

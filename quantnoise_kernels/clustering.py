@@ -202,8 +202,9 @@ def kmeans(
     verbose: bool = False,
     eps: float = 1e-6,
     max_tentatives: int = 30,
+    h: Tensor | None = None,
 ) -> KMeansResult:
-    """Lloyd's k-means on ``B`` independent problems at once (squared L2).
+    """Lloyd's k-means on ``B`` independent problems at once (squared L2, or ``(x - c)^T H (x - c)`` with ``h``).
 
     Each iteration assigns every vector to its nearest centroid (:func:`ops.kmeans_assign`: fused,
     ties to the lowest index), then moves each centroid to the mean of its vectors
@@ -231,6 +232,9 @@ def kmeans(
             ``quantnoise_kernels.clustering`` logger, on rank 0.
         eps: relative size of the perturbation that splits a cluster (fairseq's ``eps``).
         max_tentatives: split-and-reassign passes after the last iteration while clusters are empty.
+        h: activation-aware k-means (issue 10, :mod:`.clustering_weighted`): ``[G, D, D]`` symmetric positive
+            semi-definite (or ``[G, D]``, a diagonal; ``[B, G, ...]`` for a 3-D ``x``), vector ``n`` weighted by
+            ``h[n % G]``; the objective is then the weighted one. None: plain k-means, as above.
 
     Returns:
         :class:`KMeansResult` with ``centroids`` fp32, ``codes`` int64, ``objective`` list, ``n_empty``. Not
@@ -239,9 +243,14 @@ def kmeans(
     Raises:
         TypeError: ``x`` is not a float tensor.
         ValueError: ``x`` has the wrong rank, is on the meta device or holds NaN/infinity; ``n_centroids``,
-            ``n_iter``, ``max_tentatives``, ``eps``, ``tol``, ``seed`` or ``init`` is out of range; K exceeds N.
+            ``n_iter``, ``max_tentatives``, ``eps``, ``tol``, ``seed`` or ``init`` is out of range; K exceeds N;
+            ``h`` has the wrong shape, holds NaN/infinity, or is not symmetric positive semi-definite.
     """
     _check_input(x, n_centroids, n_iter, init, {"eps": eps, "tol": tol, "seed": seed, "max_tentatives": max_tentatives})
+    if h is not None:
+        from .clustering_weighted import check_h
+
+        h = check_h(x, h)
     xb = x.detach()  # clustering is not differentiated (a layer's weight requires grad)
     xb = xb.unsqueeze(0) if xb.dim() == 2 else xb
     xb = (xb.float() if xb.dtype == torch.float64 else xb).contiguous()
@@ -263,7 +272,12 @@ def kmeans(
         centroids = _rows(xb, idx, offset, comm)
     else:
         centroids = _init_kmeanspp(xb, n_centroids, n_total, offset, gen, comm)
-    run = _Lloyd(xb, centroids, comm, gen, eps, progress)
+    if h is None:
+        run = _Lloyd(xb, centroids, comm, gen, eps, progress)
+    else:
+        from .clustering_weighted import WeightedLloyd
+
+        run = WeightedLloyd(xb, h, centroids, comm, gen, eps, progress)
     run.iterate(n_iter, tol)
     counts = run.repair(max_tentatives if n_iter > 0 else 0)
     n_empty = int((counts == 0).sum())
@@ -321,12 +335,7 @@ class _Lloyd:
     def iterate(self, n_iter: int, tol: float | None) -> None:
         """``n_iter`` EM iterations (fewer when the objective moves by less than ``tol`` relative)."""
         for it in range(n_iter):
-            sums, counts = ops.kmeans_update(self.x, self.codes, self.k)
-            self.comm.sum_(sums)
-            self.comm.sum_(counts)
-            filled = counts > 0
-            means = sums / counts.clamp(min=1)[..., None].float()
-            self.centroids = torch.where(filled[..., None], means, self.centroids)
+            counts = self._update()
             n_repaired = _repair_empty(self.centroids, counts, self.eps, self.gen)
             self._assign()
             self.progress(
@@ -336,6 +345,16 @@ class _Lloyd:
             if tol is not None and n_repaired == 0 and abs(prev - self.objective[-1]) <= tol * abs(prev):
                 self.progress(f"converged: relative change below tol={tol}")
                 break
+
+    def _update(self) -> Tensor:
+        """M-step: move each non-empty centroid to the mean of its vectors; returns the cluster sizes ``[B, K]``."""
+        sums, counts = ops.kmeans_update(self.x, self.codes, self.k)
+        self.comm.sum_(sums)
+        self.comm.sum_(counts)
+        filled = counts > 0
+        means = sums / counts.clamp(min=1)[..., None].float()
+        self.centroids = torch.where(filled[..., None], means, self.centroids)
+        return counts
 
     def repair(self, max_tentatives: int) -> Tensor:
         """Split-and-reassign passes while clusters are empty; returns the final cluster sizes ``[B, K]``."""

@@ -20,6 +20,8 @@ __all__ = [
     "kmeans_assign_addmm",
     "kmeans_distances_fairseq",
     "kmeans_update",
+    "kmeans_assign_weighted",
+    "kmeans_update_weighted",
 ]
 
 _MASK32 = 0xFFFFFFFF
@@ -195,6 +197,39 @@ def kmeans_update(x: Tensor, codes: Tensor, n_centroids: int) -> tuple[Tensor, T
         sums[b].index_add_(0, codes[b], x[b].double())
         counts[b] = torch.bincount(codes[b], minlength=n_centroids)
     return sums.float(), counts
+
+
+def _h_of_points(h: Tensor, n: int) -> Tensor:
+    """fp64 ``[B, N, D, D]``: the full ``H`` of every point (``h[:, n % G]``; a diagonal ``h`` made full)."""
+    h = h.double()
+    full = torch.diag_embed(h) if h.dim() == 3 else h
+    return full.repeat(1, n // h.shape[1], 1, 1)
+
+
+def kmeans_assign_weighted(x: Tensor, centroids: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    """Reference of ``ops.kmeans_assign_weighted``: the weighted distances ``(x - c)^T H (x - c)`` of every
+    (point, centroid) pair in fp64, the first index of the minimum. ``x [B, N, D]``, ``centroids [B, K, D]``,
+    ``h [B, G, D, D]`` or ``[B, G, D]`` (point ``n`` uses ``h[:, n % G]``)."""
+    hp = _h_of_points(h, x.shape[1])  # [B, N, D, D]
+    diff = x.double()[:, :, None, :] - centroids.double()[:, None, :, :]  # [B, N, K, D]
+    d2 = torch.einsum("bnkd,bnde,bnke->bnk", diff, hp, diff)
+    codes = d2.argmin(-1)
+    return codes, d2.gather(-1, codes[..., None])[..., 0].float()
+
+
+def kmeans_update_weighted(x: Tensor, codes: Tensor, h: Tensor, n_centroids: int) -> tuple[Tensor, ...]:
+    """Reference of ``ops.kmeans_update_weighted`` (fp64 ``index_add_``): ``(h_sums, hx_sums, sums, counts)``."""
+    batch, n, dim = x.shape
+    hp = _h_of_points(h, n)
+    hx = torch.einsum("bnde,bne->bnd", hp, x.double())
+    h_pts = hp.diagonal(0, -2, -1) if h.dim() == 3 else hp
+    h_sums = torch.zeros(batch, n_centroids, *h_pts.shape[2:], dtype=torch.float64)
+    hx_sums = torch.zeros(batch, n_centroids, dim, dtype=torch.float64)
+    for b in range(batch):
+        h_sums[b].index_add_(0, codes[b], h_pts[b])
+        hx_sums[b].index_add_(0, codes[b], hx[b])
+    sums, counts = kmeans_update(x, codes, n_centroids)
+    return h_sums.float(), hx_sums.float(), sums, counts
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,7 +42,9 @@ class Recipe:
         centroid_bits: int8 centroids (scalar issue 8's ``quantize_model_(..., centroid_bits=)``).
         act_bits: int8 activations fused into ``pq_linear`` (set on every PQ Linear).
         scalar_int8: the scalar int8 export (``quantnoise_kernels.scalar.to_int8``).
-        quantize_kwargs: extra keyword arguments of ``quantize_model_`` (e.g. calibration data).
+        quantize_kwargs: extra keyword arguments of ``quantize_model_``.
+        calibrate: activation-aware iPQ (issue 10): ``quantize_model_(..., calibration=<the calibration
+            batches>)`` at every stage.
         needs: dotted API names this row needs; missing ones make the row "pending".
     """
 
@@ -56,14 +58,18 @@ class Recipe:
     act_bits: int = 0
     scalar_int8: bool = False
     quantize_kwargs: dict[str, Any] = field(default_factory=dict)
+    calibrate: bool = False
     needs: tuple[str, ...] = ()
 
 
+_AA = ("quantnoise_kernels.pq.quantize_model_:calibration",)
 ROWS: list[Recipe] = [
     Recipe("dense fp32", config=None),
     Recipe("scalar int8 (to_int8)", config=None, scalar_int8=True, needs=("quantnoise_kernels.scalar.to_int8",)),
     Recipe("iPQ Linear"),
     Recipe("iPQ Linear + distill", finetune_steps=-1),
+    Recipe("activation-aware iPQ Linear", calibrate=True, needs=_AA),
+    Recipe("activation-aware iPQ Linear + distill", finetune_steps=-1, calibrate=True, needs=_AA),
     Recipe("Quant-Noise, then iPQ Linear + distill", finetune_steps=-1, quant_noise_steps=-1),
     Recipe(
         "iPQ Linear + int8 centroids + int8 act + distill",
@@ -195,6 +201,8 @@ def build(recipe: Recipe, ctx: DemoContext) -> nn.Module:
     kwargs = dict(recipe.quantize_kwargs)
     if recipe.centroid_bits is not None:
         kwargs["centroid_bits"] = recipe.centroid_bits
+    if recipe.calibrate:
+        kwargs["calibration"] = ctx.train_batches
     pq.compress_staged(
         model,
         config,

@@ -1,7 +1,9 @@
 // Argument checks shared by the CPU, CUDA and emulated CUDA launchers (quantnoise/checks.h).
 #include "quantnoise/checks.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace quantnoise {
 
@@ -115,6 +117,84 @@ void check_kmeans_update_args(const at::Tensor& x, const at::Tensor& codes, int6
                  kKMeansMaxCentroids, "], got ", n_centroids);
   QN_CHECK_VALUE(x.device() == codes.device(), op, "codes must be on x's device ", x.device(), ", got ",
                  codes.device());
+}
+
+namespace {
+
+// What the value checks of h need: non-finite count, smallest diagonal entry, largest |entry|,
+// largest asymmetry |h - h^T|. One pass over the data on the CPU; tensor ops (a sync) on a GPU.
+struct HValues {
+  int64_t n_bad = 0;
+  double diag_min = 0.0, scale = 0.0, asym = 0.0;
+};
+
+HValues h_values(const at::Tensor& h, int64_t dim, bool diag) {
+  HValues v;
+  if (!h.is_cpu()) {
+    const at::Tensor hf = h.detach();
+    v.n_bad = (~hf.isfinite()).sum().item<int64_t>();
+    v.diag_min = (diag ? hf : hf.diagonal(0, -2, -1)).min().item<double>();
+    v.scale = hf.abs().max().item<double>();
+    if (!diag) v.asym = hf.sub(hf.transpose(-1, -2)).abs().max().item<double>();
+    return v;
+  }
+  const at::Tensor hc = h.contiguous();
+  const float* p = hc.const_data_ptr<float>();
+  const int64_t hd = diag ? dim : dim * dim;
+  v.diag_min = std::numeric_limits<double>::infinity();
+  for (int64_t g = 0; g < hc.numel() / hd; ++g, p += hd) {
+    for (int64_t i = 0; i < (diag ? 1 : dim); ++i) {
+      for (int64_t j = 0; j < dim; ++j) {
+        const float x = diag ? p[j] : p[i * dim + j];
+        if (!std::isfinite(x)) {
+          ++v.n_bad;
+          continue;
+        }
+        v.scale = std::max(v.scale, static_cast<double>(std::fabs(x)));
+        if (diag || i == j) v.diag_min = std::min(v.diag_min, static_cast<double>(x));
+        if (!diag && std::isfinite(p[j * dim + i])) {
+          v.asym = std::max(v.asym, static_cast<double>(std::fabs(x - p[j * dim + i])));
+        }
+      }
+    }
+  }
+  return v;
+}
+
+// h: float32 [B, G, D, D] or [B, G, D] on x's device, G dividing N; finite, symmetric (to 1e-5 of
+// its largest entry) and with a non-negative diagonal. The value checks read h once (a sync on CUDA).
+KMeansWeightedShape check_kmeans_h(std::string_view op, const at::Tensor& x, const at::Tensor& h) {
+  const int64_t batch = x.size(0), n = x.size(1), dim = x.size(2);
+  QN_CHECK_TYPE(h.scalar_type() == at::kFloat, op, "h must be float32, got dtype ", h.scalar_type());
+  QN_CHECK_VALUE(h.device() == x.device(), op, "h must be on x's device ", x.device(), ", got ", h.device());
+  const bool diag = h.dim() == 3;
+  QN_CHECK_VALUE(
+      (diag || h.dim() == 4) && h.size(0) == batch && h.size(1) >= 1 && h.size(2) == dim && (diag || h.size(3) == dim),
+      op, "h must have shape [B, G, D, D] or [B, G, D] with B=", batch, ", D=", dim, " and G >= 1, got ", h.sizes());
+  const int64_t groups = h.size(1);
+  QN_CHECK_VALUE(n % groups == 0, op, "h's group count G must divide the number of points N=", n, ", got G=", groups);
+  if (h.numel() > 0) {
+    const HValues v = h_values(h, dim, diag);
+    QN_CHECK_VALUE(v.n_bad == 0, op, "h must be finite, got ", v.n_bad, " NaN or infinite values");
+    QN_CHECK_VALUE(v.diag_min >= 0.0, op, "h must have a non-negative diagonal (a second moment), got ", v.diag_min);
+    QN_CHECK_VALUE(diag || v.asym <= 1e-5 * v.scale, op, "h must be symmetric, got max |h - h^T| = ", v.asym,
+                   " for max |h| = ", v.scale);
+  }
+  return {batch, n, dim, groups, diag};
+}
+
+}  // namespace
+
+KMeansWeightedShape check_kmeans_assign_weighted_args(const at::Tensor& x, const at::Tensor& centroids,
+                                                      const at::Tensor& h) {
+  check_kmeans_assign_args(x, centroids);
+  return check_kmeans_h("kmeans_assign_weighted", x, h);
+}
+
+KMeansWeightedShape check_kmeans_update_weighted_args(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& h,
+                                                      int64_t n_centroids) {
+  check_kmeans_update_args(x, codes, n_centroids);
+  return check_kmeans_h("kmeans_update_weighted", x, h);
 }
 
 }  // namespace quantnoise

@@ -6,6 +6,7 @@ kernels give ``torch.compile`` output metadata; they mirror the C++ checks that 
 - :mod:`.noise`: ``draw_seed``, ``block_noise`` (Quant-Noise, every noise kind).
 - :mod:`.noisy`: ``noisy_linear`` (the fused noisy linear layer).
 - :mod:`.kmeans`: ``kmeans_assign``, ``kmeans_update`` (iPQ clustering).
+- :mod:`.kmeans_weighted`: ``kmeans_assign_weighted``, ``kmeans_update_weighted`` (activation-aware iPQ).
 - :mod:`.pq`: ``pq_pack_codes``, ``pq_unpack_codes``, ``pq_decode``, ``pq_linear``, ``pq_embedding``,
   ``pq_linear_backward``, ``pq_embedding_backward`` (PQ training from the codes).
 """
@@ -13,6 +14,7 @@ kernels give ``torch.compile`` output metadata; they mirror the C++ checks that 
 from __future__ import annotations
 
 from .kmeans import kmeans_assign, kmeans_update
+from .kmeans_weighted import kmeans_assign_weighted, kmeans_update_weighted
 from .noise import block_noise, draw_seed
 from .noisy import noisy_linear
 from .pq import (
@@ -30,6 +32,8 @@ __all__ = [
     "draw_seed",
     "kmeans_assign",
     "kmeans_update",
+    "kmeans_assign_weighted",
+    "kmeans_update_weighted",
     "noisy_linear",
     "pq_pack_codes",
     "pq_unpack_codes",

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from .._blocks import check_block_size
 from ._checks import FEWER_BLOCKS, check_finite, check_kmeans_args, check_n_centroids, fewer_blocks_rule
 from ._model import owner_is_pq, replace_all, replace_module, share_storage, weight_users
+from .calibration import plan_hessians
 from .config import normalize_param_config
 from .fairseq import FairseqLayer, fairseq_prefix, read_fairseq_layer
 from .layers import PQLayer
@@ -247,6 +248,7 @@ def _build(
     distributed: bool,
     centroid_bits: int | None,
     act_bits: int,
+    h: Tensor | None = None,
     **from_float_args,
 ) -> dict[int, nn.Module]:
     """The PQ layers of one planned weight (k-means, or the checkpoint's entries), broadcast from rank 0."""
@@ -262,6 +264,8 @@ def _build(
         pq_module = cls.from_config(cls.config_of(layer.module), centroids.to(dtype), codes, bias)
     else:
         layer_seed = None if seed is None else seed + layer.index
+        if h is not None:  # activation-aware (an external PQ layer class without h keeps working without it)
+            from_float_args = {**from_float_args, "h": h}
         pq_module = layer.pq_cls.from_float(
             layer.module, layer.block_size, layer.n_centroids, seed=layer_seed, **from_float_args
         )
@@ -288,8 +292,11 @@ def apply_plan(
     verbose: bool = True,
     centroid_bits: int | None = None,
     act_bits: int = 0,
+    hessians: dict[str, Tensor | None] | None = None,
 ) -> list[str]:
     """Build every planned PQ layer, then replace the modules and update ``size_tracker``.
+
+    ``hessians``: ``{layer name: H}`` from :func:`~.calibration.run_calibration` (activation-aware k-means).
 
     Returns:
         The names of the modules replaced, in order (a tied module is listed under each of its names).
@@ -302,7 +309,8 @@ def apply_plan(
         if verbose:
             message = "Quantizing layer %s with block size %d and %d centroids"
             logger.info(message, layer.name, layer.block_size, layer.n_centroids)
-        built.append(_build(layer, seed, distributed, centroid_bits, act_bits, **from_float_args))
+        h = (hessians or {}).get(layer.name)
+        built.append(_build(layer, seed, distributed, centroid_bits, act_bits, h, **from_float_args))
     replacements = [
         (path, by_module[id(other)]) for layer, by_module in zip(plan.layers, built) for path, other in layer.users
     ]
@@ -335,6 +343,9 @@ def quantize_model_(
     fewer_blocks: str = "reduce",
     centroid_bits: int | None = None,
     act_bits: int = 0,
+    calibration=None,
+    calibration_h: str = "full",
+    calibration_damp: float = 0.01,
 ) -> list[str]:
     """Quantize, in place, the layers selected by stage ``step`` and replace them by PQ layers (fairseq's API).
 
@@ -377,6 +388,15 @@ def quantize_model_(
             ``quantize_centroids_`` on each layer, or quantize at the last stage.
         act_bits: 0, or 8 to fake-quantize each PQ layer's input activations inside the op (``act_bits``
             attribute of the layers).
+        calibration: activation-aware iPQ (issue 10): a callable ``f(model)`` that runs the model on calibration
+            batches, or an iterable of batches (dict: keyword arguments, tuple/list: positional, else the one
+            input). It runs once, in eval mode without gradients, before any layer changes; forward hooks stream
+            the second moments ``H_j`` of the inputs of each block column of this stage's layers
+            (:mod:`.calibration`) and k-means minimises ``(w - c)^T H_j (w - c)``, the layer's output error, instead
+            of the weight error (:func:`~quantnoise_kernels.clustering.kmeans` with ``h``). None: plain
+            k-means, as fairseq. A layer the calibration never ran is clustered plainly.
+        calibration_h: ``"full"`` (``block_size x block_size`` per column) or ``"diag"`` (its diagonal: cheaper).
+        calibration_damp: ``H_j + damp * mean(diag H) I`` (GPTQ's dampening), so every ``H_j`` is positive definite.
 
     Returns:
         The names of the modules replaced, in order (a tied module is listed under each of its names).
@@ -408,6 +428,7 @@ def quantize_model_(
         state_dict=state_dict if n_iter == 0 else None,
         fewer_blocks=fewer_blocks,
     )
+    hessians = None if calibration is None else plan_hessians(model, plan, calibration, calibration_h, calibration_damp)
     return apply_plan(
         model,
         plan,
@@ -420,4 +441,5 @@ def quantize_model_(
         verbose=verbose,
         centroid_bits=centroid_bits,
         act_bits=act_bits,
+        hessians=hessians,
     )

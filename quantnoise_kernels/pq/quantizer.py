@@ -88,6 +88,9 @@ class PQ:
         max_tentatives: split-and-reassign passes after the last iteration while clusters are empty.
         verbose: print k-means progress.
         seed: make :meth:`encode` deterministic.
+        h: activation-aware iPQ (issue 10): ``[G, bs, bs]`` (or ``[G, bs]``) second moments of the inputs of
+            each block column (``pq.calibration``); block ``n`` of the row-major block matrix uses
+            ``h[n % G]``. None: plain k-means on the weights.
 
     After :meth:`encode`: ``codes`` ``[out, row // block_size]`` (uint8 if ``K <= 256`` else int32),
     ``centroids`` ``[K, block_size]`` float32, ``objective`` (k-means history).
@@ -108,6 +111,7 @@ class PQ:
         max_tentatives: int = 30,
         verbose: bool = False,
         seed: int | None = None,
+        h: Tensor | None = None,
     ) -> None:
         _check_weight(weight, n_centroids)
         self.blocks = weight_to_blocks(weight.detach(), block_size)  # validates block_size
@@ -121,7 +125,7 @@ class PQ:
         self.block_size = int(block_size)
         self.n_centroids = n_centroids
         self.n_iter, self.eps, self.max_tentatives = int(n_iter), float(eps), int(max_tentatives)
-        self.verbose, self.seed = verbose, seed
+        self.verbose, self.seed, self.h = verbose, seed, h
         self.codes: Tensor | None = None
         self.centroids: Tensor | None = None
         self.objective: list[float] = []
@@ -136,6 +140,7 @@ class PQ:
             verbose=self.verbose,
             eps=self.eps,
             max_tentatives=self.max_tentatives,
+            h=self.h,
         )
         self.centroids = result.centroids
         self.codes = result.codes.view(self.shape[0], -1).to(codes_dtype(self.n_centroids))

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "quantnoise/kmeans.h"
+#include "quantnoise/kmeans_weighted_host.h"
 
 namespace quantnoise {
 
@@ -104,5 +105,12 @@ PQBackwardArgs check_pq_linear_backward_args(const at::Tensor& grad_out, const s
 // indices int64/int32 in [0, num_embeddings); grad_out indices.shape + [n_blocks * block_size].
 PQShape check_pq_embedding_backward_args(const at::Tensor& grad_out, const at::Tensor& indices, const at::Tensor& codes,
                                          int64_t n_centroids);
+// kmeans_assign_weighted / kmeans_update_weighted: kmeans_assign's (or kmeans_update's) checks plus
+// h float32 [B, G, D, D] (symmetric) or [B, G, D] (diagonal, >= 0) on x's device, G >= 1 dividing N,
+// finite, with a non-negative diagonal. Returns the shapes both devices need.
+KMeansWeightedShape check_kmeans_assign_weighted_args(const at::Tensor& x, const at::Tensor& centroids,
+                                                      const at::Tensor& h);
+KMeansWeightedShape check_kmeans_update_weighted_args(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& h,
+                                                      int64_t n_centroids);
 
 }  // namespace quantnoise

@@ -302,11 +302,13 @@ class PQLayer(nn.Module):
         max_tentatives: int = 30,
         seed: int | None = None,
         centroid_dtype: torch.dtype = torch.float16,
+        h: Tensor | None = None,
     ) -> PQLayer:
         """Quantize ``module.weight`` with iPQ (k-means over its blocks, ``pq.PQ``) into a layer of this class.
 
         Keeps the module's layer arguments (``config_of``) and bias. Centroids are computed in float32 and
-        stored as ``centroid_dtype``. ``n_iter``, ``eps``, ``max_tentatives`` and ``seed`` go to k-means.
+        stored as ``centroid_dtype``. ``n_iter``, ``eps``, ``max_tentatives`` and ``seed`` go to k-means; ``h``
+        (the block columns' input second moments, ``pq.calibration``) makes it activation-aware.
 
         Raises:
             TypeError: ``module`` is not a ``_FLOAT_MODULE``.
@@ -322,6 +324,7 @@ class PQLayer(nn.Module):
             eps=eps,
             max_tentatives=max_tentatives,
             seed=seed,
+            h=h,
         )
         codes, centroids = pq.encode()
         bias = getattr(module, "bias", None) if cls._HAS_BIAS else None
