@@ -124,3 +124,15 @@ def test_errors():
         sq.Int8Linear.from_int(sq.IntLinear(4, 4).eval(), sq.observe(torch.randn(4, 4), sq.QuantGrid()))(
             torch.randn(1, 4, device="meta")
         )
+
+
+def test_held_bytes_counts_the_packed_int8_weight():
+    """fbgemm keeps Int8Linear's weight outside the parameters and buffers; held_bytes must see it."""
+    from quantnoise_kernels.pq.size_tracker import held_bytes
+
+    out, inp = 32, 64
+    model = nn.Sequential(nn.Linear(inp, out))
+    sq.quantize_model_(model, p=1.0, bits=8, update_step=1)
+    exported = sq.to_int8(model)
+    # int8 weight + float32 bias + one float32 scale + one int32 zero point (per tensor)
+    assert held_bytes(exported).total == out * inp + 4 * out + 4 + 4

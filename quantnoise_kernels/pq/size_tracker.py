@@ -70,6 +70,11 @@ def held_bytes(model: nn.Module) -> HeldBytes:
             add(t, "other")
         for t in module.buffers(recurse=False):
             add(t, "other")
+        # scalar.Int8Linear holds its int8 weight in fbgemm's packed object, not as a tensor
+        unpacked = getattr(module, "unpacked", None)
+        if callable(unpacked):
+            for t in unpacked():
+                add(t, "other")
     return HeldBytes(**buckets)
 
 
