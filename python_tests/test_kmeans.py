@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from devices import device_params, runs_cuda_kernel
+from dist_worker import finish_worker
 
 import quantnoise_kernels as qn
 from quantnoise_kernels import ops, reference
@@ -273,8 +274,10 @@ def _distributed_worker(rank: int, world: int, path: str, x: torch.Tensor, init:
         shard = x.tensor_split(world, dim=1)[rank]
         r = qn.kmeans(shard, 24, n_iter=8, seed=7, init=init, process_group=dist.group.WORLD)
         torch.save({"centroids": r.centroids, "codes": r.codes, "objective": r.objective}, f"{path}.{rank}")
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    finish_worker()
 
 
 @pytest.mark.parametrize("init", ["random", "kmeans++"])

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from dist_worker import finish_worker
 from torch import nn
 
 from quantnoise_kernels import pq, reference
@@ -411,8 +412,10 @@ def _dist_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         model = nn.Sequential(nn.Linear(32, 16), nn.Linear(16, 8))
         quantize_model_(model, None, [r"\d"], {"Linear": ("in_features", {"*": 4})}, K_16, seed=rank, verbose=False)
         torch.save({k: v.clone() for k, v in model.state_dict().items()}, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    finish_worker()
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")

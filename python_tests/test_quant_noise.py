@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from dist_worker import finish_worker
 from torch import nn
 
 import quantnoise_kernels as qn
@@ -180,7 +181,7 @@ def _ddp_worker(rank: int, world_size: int, init_file: str, result_file: str) ->
     dist.all_gather(gathered, torch.cat([p.detach().flatten() for p in model.parameters()]))
     if rank == 0:
         torch.save(gathered, result_file)
-    dist.destroy_process_group()
+    finish_worker()
 
 
 def test_distributed_data_parallel_keeps_ranks_equal():
