@@ -98,11 +98,6 @@ def test_centroid_noise_nan_and_overflow_rules(device):
     assert not torch.isnan(out.reshape(-1, 4)[finite_blocks]).any()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: the pq_linear_backward kernels give NaN, not 0, to the gradient of a centroid no "
-    "code selects when x holds a NaN (an empty bin times x: 0 * NaN); the reference gives 0",
-)
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("granularity", ["tensor", "token"])
 def test_pq_linear_act_quant_nan_rule(device, granularity, isa):
@@ -121,6 +116,27 @@ def test_pq_linear_act_quant_nan_rule(device, granularity, isa):
     (grad_c,) = torch.autograd.grad((y * g).sum(), centroids)
     (grad_ref,) = torch.autograd.grad((y_ref * g).sum(), c_ref)
     torch.testing.assert_close(grad_c, grad_ref, rtol=1e-4, atol=1e-4, equal_nan=True)
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_pq_linear_backward_skips_empty_bins(device, isa):
+    """A (block, centroid) pair no code selects adds nothing: not 0 * NaN, as in the dense product."""
+    codes = torch.tensor([[0, 2], [1, 3], [0, 3], [1, 2], [0, 2], [1, 3]], dtype=torch.uint8, device=device)
+    centroids = torch.randn(5, 4, device=device)
+    centroids[4] = NAN  # a centroid no code selects
+    x = torch.randn(3, 8, device=device)
+    x[0, 6] = NAN  # only block 1, whose codes are 2 and 3
+    for xi, expect_nan in ((x.nan_to_num(0.0), []), (x, [2, 3])):
+        xi = xi.clone().requires_grad_()
+        c = centroids.clone().requires_grad_()
+        g = torch.randn(3, 6, device=device)
+        gx, gc = torch.autograd.grad((ops.pq_linear(xi, codes, c) * g).sum(), (xi, c))
+        x_ref, c_ref = xi.detach().clone().requires_grad_(), c.detach().clone().requires_grad_()
+        gx_ref, gc_ref = torch.autograd.grad((reference.pq_linear(x_ref, codes, c_ref) * g).sum(), (x_ref, c_ref))
+        torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=1e-5, equal_nan=True)
+        torch.testing.assert_close(gc, gc_ref, rtol=1e-5, atol=1e-5, equal_nan=True)
+        assert torch.isfinite(gx).all() and torch.isfinite(gc[[0, 1, 4]]).all()
+        assert gc[4].eq(0).all() and torch.isnan(gc[expect_nan, 2]).all()  # x[0, 6] is d = 2 of block 1
 
 
 @pytest.mark.parametrize("device", device_params())

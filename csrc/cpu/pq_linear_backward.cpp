@@ -5,7 +5,9 @@
 // x[r][j*bs + d]. The scatter-add costs one vector add per (output, block) for a vector of rows
 // (8 on AVX2 and portable, 16 on AVX-512), the two small products K*bs FMAs per block: about
 // 1/bs of the dense products, and the extra memory is a few activation-sized buffers.
-// Threads split the input blocks; each sums its grad_C part, added up at the end.
+// Threads split the input blocks; each sums its grad_C part, added up at the end. A bin no code
+// filled is skipped, not multiplied: 0 * NaN (a NaN in x or an unused centroid) would give NaN
+// where the dense product, which never sees that (block, centroid) pair, gives 0.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -14,6 +16,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <tuple>
 #include <vector>
 
@@ -43,11 +46,12 @@ struct BwdShape {
 
 // Blocks [j0, j1) of every chunk of L rows. gyT [n_chunks][out][L], xT [n_chunks][in][L]: rows
 // transposed, zero-padded; codes packed [n_blocks][out]; C [K][bs]. Writes gxT [n_chunks][in][L]
-// for these blocks (if non-null), adds to gc [K][bs][L] (if non-null). S: kBwdBlocks * K * L.
+// for these blocks (if non-null), adds to gc [K][bs][L] (if non-null). S: kBwdBlocks * K * L;
+// hit: kBwdBlocks * K flags, set where a bin received a code.
 template <typename V, typename code_t, int64_t kBs>
 QN_ALWAYS_INLINE void linear_backward_body(const elem_t<V>* gyT, const elem_t<V>* xT, const code_t* codes,
                                            const elem_t<V>* C, const BwdShape& s, int64_t j0, int64_t j1, elem_t<V>* S,
-                                           elem_t<V>* gxT, elem_t<V>* gc) {
+                                           uint8_t* hit, elem_t<V>* gxT, elem_t<V>* gc) {
   using T = elem_t<V>;
   constexpr int L = kLanes<V>;
   const int64_t K = s.K, out = s.out, bs = kBs > 0 ? kBs : s.bs, in = s.n_blocks * bs;
@@ -56,21 +60,25 @@ QN_ALWAYS_INLINE void linear_backward_body(const elem_t<V>* gyT, const elem_t<V>
     for (int64_t jc = j0; jc < j1; jc += kBwdBlocks) {
       const int64_t jn = std::min(kBwdBlocks, j1 - jc);
       std::fill(S, S + jn * K * L, T(0));
+      std::fill(hit, hit + jn * K, uint8_t{0});
       const code_t* c0 = codes + jc * out;
       for (int64_t o = 0; o < out; ++o) {  // scatter-add grad_y into the bins of jn blocks
         const V g = load<V>(gy + o * L);
         for (int64_t jj = 0; jj < jn; ++jj) {
-          T* bin = S + (jj * K + static_cast<int64_t>(c0[jj * out + o])) * L;
-          store<V>(bin, load<V>(bin) + g);
+          const int64_t b = jj * K + static_cast<int64_t>(c0[jj * out + o]);
+          store<V>(S + b * L, load<V>(S + b * L) + g);
+          hit[b] = 1;
         }
       }
       for (int64_t jj = 0; jj < jn && gxT != nullptr; ++jj) {  // grad_x block = S_j . C
         const T* Sj = S + jj * K * L;
+        const uint8_t* hj = hit + jj * K;
         T* dst = gxT + (chunk * in + (jc + jj) * bs) * L;
         if constexpr (kBs > 0) {
           V acc[kBs];
           for (int64_t d = 0; d < kBs; ++d) acc[d] = V{};
           for (int64_t k = 0; k < K; ++k) {
+            if (!hj[k]) continue;
             const V sk = load<V>(Sj + k * L);
             for (int64_t d = 0; d < kBs; ++d) acc[d] += sk * broadcast<V>(C[k * kBs + d]);
           }
@@ -78,7 +86,8 @@ QN_ALWAYS_INLINE void linear_backward_body(const elem_t<V>* gyT, const elem_t<V>
         } else {
           for (int64_t d = 0; d < bs; ++d) {
             V acc = V{};
-            for (int64_t k = 0; k < K; ++k) acc += load<V>(Sj + k * L) * broadcast<V>(C[k * bs + d]);
+            for (int64_t k = 0; k < K; ++k)
+              if (hj[k]) acc += load<V>(Sj + k * L) * broadcast<V>(C[k * bs + d]);
             store<V>(dst + d * L, acc);
           }
         }
@@ -91,12 +100,14 @@ QN_ALWAYS_INLINE void linear_backward_body(const elem_t<V>* gyT, const elem_t<V>
             V acc[kBs];
             for (int64_t d = 0; d < kBs; ++d) acc[d] = load<V>(g + d * L);
             for (int64_t jj = 0; jj < jn; ++jj) {
+              if (!hit[jj * K + k]) continue;
               const V sk = load<V>(S + (jj * K + k) * L);
               for (int64_t d = 0; d < kBs; ++d) acc[d] += sk * load<V>(xj + (jj * kBs + d) * L);
             }
             for (int64_t d = 0; d < kBs; ++d) store<V>(g + d * L, acc[d]);
           } else {
             for (int64_t jj = 0; jj < jn; ++jj) {
+              if (!hit[jj * K + k]) continue;
               const V sk = load<V>(S + (jj * K + k) * L);
               for (int64_t d = 0; d < bs; ++d)
                 store<V>(g + d * L, load<V>(g + d * L) + sk * load<V>(xj + (jj * bs + d) * L));
@@ -111,19 +122,19 @@ QN_ALWAYS_INLINE void linear_backward_body(const elem_t<V>* gyT, const elem_t<V>
 // The entry functions of each path: the same body under the path's target attribute.
 #define QN_BWD_ARGS                                                                                               \
   const elem_t<V>*gyT, const elem_t<V>*xT, const code_t *codes, const elem_t<V>*C, const BwdShape &s, int64_t j0, \
-      int64_t j1, elem_t<V>*S, elem_t<V>*gxT, elem_t<V>*gc
+      int64_t j1, elem_t<V>*S, uint8_t *hit, elem_t<V>*gxT, elem_t<V>*gc
 template <typename V, typename code_t, int64_t kBs>
 void backward_portable(QN_BWD_ARGS) {
-  linear_backward_body<V, code_t, kBs>(gyT, xT, codes, C, s, j0, j1, S, gxT, gc);
+  linear_backward_body<V, code_t, kBs>(gyT, xT, codes, C, s, j0, j1, S, hit, gxT, gc);
 }
 #if defined(QN_X86)
 template <typename V, typename code_t, int64_t kBs>
 QN_TARGET_AVX2 void backward_avx2(QN_BWD_ARGS) {
-  linear_backward_body<V, code_t, kBs>(gyT, xT, codes, C, s, j0, j1, S, gxT, gc);
+  linear_backward_body<V, code_t, kBs>(gyT, xT, codes, C, s, j0, j1, S, hit, gxT, gc);
 }
 template <typename V, typename code_t, int64_t kBs>
 QN_TARGET_AVX512 void backward_avx512(QN_BWD_ARGS) {
-  linear_backward_body<V, code_t, kBs>(gyT, xT, codes, C, s, j0, j1, S, gxT, gc);
+  linear_backward_body<V, code_t, kBs>(gyT, xT, codes, C, s, j0, j1, S, hit, gxT, gc);
 }
 #endif
 #undef QN_BWD_ARGS
@@ -172,18 +183,19 @@ void linear_backward(CpuIsa isa, const elem_t<V>* gy, const elem_t<V>* x, const 
     const int64_t t = at::get_thread_num();
     used[t] = 1;
     std::vector<T> S(kBwdBlocks * ps.n_centroids * L);
+    std::vector<uint8_t> hit(kBwdBlocks * ps.n_centroids);
     T* gcp = gc ? gc_parts.data() + t * part : nullptr;
     T* gxp = gx ? gxT.data() : nullptr;
     const T* xp = x ? xT.data() : nullptr;
     QN_DISPATCH_BLOCK_SIZE(ps.block_size, kBs, [&] {
 #if defined(QN_X86)
       if constexpr (L == 16) {  // 16 float lanes: the avx512 path only
-        return backward_avx512<V, code_t, kBs>(gyT.data(), xp, codes, C, s, j0, j1, S.data(), gxp, gcp);
+        return backward_avx512<V, code_t, kBs>(gyT.data(), xp, codes, C, s, j0, j1, S.data(), hit.data(), gxp, gcp);
       } else if (isa >= CpuIsa::kAvx2) {
-        return backward_avx2<V, code_t, kBs>(gyT.data(), xp, codes, C, s, j0, j1, S.data(), gxp, gcp);
+        return backward_avx2<V, code_t, kBs>(gyT.data(), xp, codes, C, s, j0, j1, S.data(), hit.data(), gxp, gcp);
       }
 #endif
-      backward_portable<V, code_t, kBs>(gyT.data(), xp, codes, C, s, j0, j1, S.data(), gxp, gcp);
+      backward_portable<V, code_t, kBs>(gyT.data(), xp, codes, C, s, j0, j1, S.data(), hit.data(), gxp, gcp);
     });
   });
   (void)isa;
