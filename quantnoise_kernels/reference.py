@@ -1,5 +1,8 @@
 """Plain-PyTorch reference of every op: the oracle for the tests and the baseline of the benchmarks.
 
+fairseq's own code as written (the benchmark baselines, the checkpoint-format oracles: ``*_fairseq``) lives in
+:mod:`.reference_fairseq` and is re-exported here.
+
 Written for clarity, not speed, and independent of the compiled kernels. The noise reference
 reproduces the kernels' Philox block draw with int64 tensor arithmetic, so masks compare exactly.
 """
@@ -10,6 +13,16 @@ import math
 
 import torch
 from torch import Tensor
+
+from .reference_fairseq import (
+    block_noise_fairseq,
+    emulate_int_fairseq,
+    ipq_em_iteration_fairseq,
+    kmeans_distances_fairseq,
+    pq_decode_fairseq,
+    pq_encode_fairseq,
+    pq_linear_fairseq,
+)
 
 __all__ = [
     "philox4x32_10",
@@ -22,6 +35,9 @@ __all__ = [
     "kmeans_update",
     "kmeans_assign_weighted",
     "kmeans_update_weighted",
+    "pq_decode_fairseq",
+    "pq_encode_fairseq",
+    "ipq_em_iteration_fairseq",
 ]
 
 _MASK32 = 0xFFFFFFFF
@@ -78,74 +94,6 @@ def block_noise(weight: Tensor, p: float, block_size: int, seed: int, offset: in
     return (w.masked_fill(mask, 0) * scale).to(weight.dtype).view(weight.shape)
 
 
-def block_noise_fairseq(weight: Tensor, p: float, block_size: int) -> Tensor:
-    """fairseq's algorithm as written (``quant_noise`` hook, Linear case), torch RNG, out of place.
-
-    The benchmark baseline: Bernoulli per block, ``repeat_interleave`` to a full-size mask,
-    ``masked_fill`` and a scale.
-    """
-    w = weight.reshape(weight.shape[0], -1)
-    mask = torch.zeros(w.numel() // block_size, device=weight.device).bernoulli_(p)
-    mask = mask.repeat_interleave(block_size).view_as(w).bool()
-    return (w.masked_fill(mask, 0) / (1 - p)).view(weight.shape)
-
-
-# ----------------------------------------------------------------------------------------------
-# fairseq iPQ checkpoint format (pq-pipeline): the reconstruction rule of fairseq's PQ modules, the oracle of
-# `pq.from_fairseq_state_dict`. Written from the rule, independent of our layers and codes layout.
-
-
-def pq_decode_fairseq(centroids: Tensor, assignments: Tensor, weight_shape) -> Tensor:
-    """fairseq's ``weight`` property of PQLinear/PQEmbedding/PQConv2d.
-
-    ``centroids[assignments]`` -> ``(N, bs)`` -> reshape ``(row/bs, out, bs)`` (block index major) -> permute to
-    ``(out, row/bs, bs)`` -> ``(out, row)`` -> ``weight_shape`` (``(out, in/groups, kh, kw)`` for a conv).
-    """
-    out = weight_shape[0]
-    block_size = centroids.shape[1]
-    w = centroids[assignments].reshape(-1, out, block_size).permute(1, 0, 2)
-    return w.reshape(out, -1).reshape(tuple(weight_shape))
-
-
-def pq_encode_fairseq(weight: Tensor, centroids: Tensor) -> Tensor:
-    """Nearest-centroid ``assignments`` of ``weight``'s blocks in fairseq's order (n = j*out + o), int64.
-
-    fairseq's ``PQ._reshape``: ``(out, row/bs, bs)`` -> permute ``(bs, row/bs, out)`` -> columns are blocks.
-    Exact squared distances (no GEMM shortcut), lowest index on ties: for building test checkpoints.
-    """
-    out, block_size = weight.shape[0], centroids.shape[1]
-    cols = weight.reshape(out, -1, block_size).permute(1, 0, 2).reshape(-1, block_size)  # (row/bs * out, bs)
-    dist = ((cols[:, None, :].double() - centroids[None, :, :].double()) ** 2).sum(-1)
-    return dist.argmin(dim=1)
-
-
-def ipq_em_iteration_fairseq(w_r: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
-    """One iteration of fairseq's iPQ EM as written (``pq/em.py``), the ``quantize_model_`` benchmark baseline.
-
-    ``w_r [bs, N]`` (columns are the blocks), ``centroids [K, bs]``. E-step with the broadcast ``(K, bs, N)``
-    distance temporary (Euclidean norms, no GEMM), ``argmin``; cluster counting with a Python ``Counter`` over
-    one ``.item()`` per block; M-step as a Python loop over centroids with a boolean-mask gather; objective.
-    Not included: the empty-cluster repair loop (each repair attempt costs fairseq one more full distance
-    pass), so this is a lower bound of fairseq's iteration. Returns ``(centroids, assignments)``.
-    """
-    from collections import Counter
-
-    distances = (w_r[None, :, :] - centroids[:, :, None]).norm(p=2, dim=1)  # (K, N)
-    assignments = distances.argmin(dim=0)
-    counts = Counter(a.item() for a in assignments)
-    _ = set(range(centroids.shape[0])) - set(counts)  # fairseq's empty set (repair loop not run)
-    centroids = centroids.clone()
-    for k in range(centroids.shape[0]):
-        members = w_r[:, assignments == k]
-        if members.shape[1] > 0:
-            centroids[k] = members.mean(dim=1)
-    _ = (centroids[assignments].t() - w_r).norm(p=2).item()  # fairseq logs the objective every step
-    return centroids, assignments
-
-
-__all__ += ["pq_decode_fairseq", "pq_encode_fairseq", "ipq_em_iteration_fairseq"]
-
-
 def kmeans_assign(x: Tensor, centroids: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
     """Reference of ``ops.kmeans_assign``: exact squared distances ``((x - c)**2).sum(-1)`` in fp32 (fp64 for fp64
     inputs), the first index of the minimum, in chunks of ``chunk`` vectors. ``x [B, N, D]``, ``centroids [B, K, D]``.
@@ -179,13 +127,6 @@ def kmeans_assign_addmm(x: Tensor, centroids: Tensor, chunk: int = 65536) -> Ten
         scores = torch.addmm(norms, x[start : start + chunk], centroids.t(), alpha=-2.0)
         out.append(scores.argmin(1))
     return torch.cat(out)
-
-
-def kmeans_distances_fairseq(x_t: Tensor, centroids: Tensor) -> Tensor:
-    """fairseq's EM distance as written (``pq/em.py``): ``x_t [D, N]`` (columns are vectors),
-    ``centroids [K, D]``; broadcasts a ``(K, D, N)`` temporary and returns the (not squared) norms ``[K, N]``.
-    """
-    return (x_t[None, :, :] - centroids[:, :, None]).norm(p=2, dim=1)
 
 
 def kmeans_update(x: Tensor, codes: Tensor, n_centroids: int) -> tuple[Tensor, Tensor]:
@@ -267,13 +208,9 @@ def act_fake_quant(x: Tensor, bits: int, granularity: str = "tensor") -> Tensor:
 
 
 def pq_decode(
-    codes: Tensor,
-    centroids: Tensor,
-    shape,
-    centroid_scale: Tensor | None = None,
-    centroid_zero_point: Tensor | None = None,
-    dtype=None,
-) -> Tensor:
+    codes: Tensor, centroids: Tensor, shape, centroid_scale: Tensor | None = None,
+    centroid_zero_point: Tensor | None = None, dtype=None,
+) -> Tensor:  # fmt: skip
     """``W.reshape(out, -1)[o, j*bs:(j+1)*bs] = C[codes[o, j]]`` (codes in the interchange layout)."""
     if dtype is None:
         dtype = torch.float32 if centroids.dtype == torch.int8 else centroids.dtype
@@ -282,15 +219,9 @@ def pq_decode(
 
 
 def pq_linear(
-    x: Tensor,
-    codes: Tensor,
-    centroids: Tensor,
-    bias: Tensor | None = None,
-    centroid_scale: Tensor | None = None,
-    centroid_zero_point: Tensor | None = None,
-    act_bits: int = 0,
-    act_granularity: str = "tensor",
-) -> Tensor:
+    x: Tensor, codes: Tensor, centroids: Tensor, bias: Tensor | None = None, centroid_scale: Tensor | None = None,
+    centroid_zero_point: Tensor | None = None, act_bits: int = 0, act_granularity: str = "tensor",
+) -> Tensor:  # fmt: skip
     """Decode, then ``F.linear`` (fake-quantizing ``x`` first if ``act_bits``), straight-through."""
     out, n_blocks = codes.shape
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -304,28 +235,12 @@ def pq_linear(
 
 
 def pq_embedding(
-    indices: Tensor,
-    codes: Tensor,
-    centroids: Tensor,
-    centroid_scale: Tensor | None = None,
-    centroid_zero_point: Tensor | None = None,
-    dtype=None,
-) -> Tensor:
+    indices: Tensor, codes: Tensor, centroids: Tensor, centroid_scale: Tensor | None = None,
+    centroid_zero_point: Tensor | None = None, dtype=None,
+) -> Tensor:  # fmt: skip
     """Decode the whole table, then ``F.embedding``."""
     w = pq_decode(codes, centroids, (codes.shape[0], -1), centroid_scale, centroid_zero_point, dtype)
     return torch.nn.functional.embedding(indices, w)
-
-
-def pq_linear_fairseq(x: Tensor, centroids: Tensor, assignments: Tensor, bias: Tensor | None, out_features: int):
-    """fairseq's ``PQLinear.forward`` as written: rebuild the whole weight on every forward.
-
-    ``assignments`` ``[n_blocks * out]`` int64 in fairseq's order (block index first, then output
-    row), centroids ``[K, bs]``. The benchmark baseline.
-    """
-    in_features = assignments.numel() // out_features * centroids.shape[1]
-    weight = centroids[assignments].reshape(-1, out_features, centroids.shape[1]).permute(1, 0, 2).flatten(1, 2)
-    assert weight.shape[1] == in_features
-    return torch.nn.functional.linear(x, weight, bias)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,15 +347,3 @@ def fake_quant_clamp_mask(weight: Tensor, scale: Tensor, zero_point: Tensor, qua
     w = weight.reshape(weight.shape[0], -1).float()
     lo, hi = fake_quant_bounds(scale, zero_point, quant_min, quant_max)
     return ((w >= lo) & (w <= hi)).view(weight.shape)
-
-
-def emulate_int_fairseq(weight: Tensor, p: float, scale: Tensor, zero_point: Tensor, bits: int) -> Tensor:
-    """fairseq's ``IntLinear`` weight noise as written (scalar/modules/qlinear.py), cached qparams
-    (observer excluded), per-tensor: the benchmark baseline. Bernoulli mask per weight, the noise
-    ``Q(W) - W`` computed from the unclamped weight (fairseq#2968), STE through ``clamp``."""
-    s, z = scale.to(weight.dtype), zero_point.to(weight.dtype)
-    w_q = (torch.clamp(torch.round(weight.detach() / s + z), 0, 2**bits - 1) - z) * s
-    mask = torch.zeros_like(weight).bernoulli_(1 - p).bool()
-    noise = (w_q - weight).masked_fill(mask, 0)
-    lo, hi = (-s * z).item(), (s * (2**bits - 1 - z)).item()
-    return torch.clamp(weight, lo, hi) + noise.detach()

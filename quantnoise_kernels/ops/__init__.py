@@ -13,33 +13,17 @@ kernels give ``torch.compile`` output metadata; they mirror the C++ checks that 
 
 from __future__ import annotations
 
-from .kmeans import kmeans_assign, kmeans_update
-from .kmeans_weighted import kmeans_assign_weighted, kmeans_update_weighted
-from .noise import block_noise, draw_seed
-from .noisy import noisy_linear
-from .pq import (
-    pq_decode,
-    pq_embedding,
-    pq_embedding_backward,
-    pq_linear,
-    pq_linear_backward,
-    pq_pack_codes,
-    pq_unpack_codes,
+from . import (
+    _pq_autograd,  # noqa: F401  (registers the autograd formulas of the PQ ops)
+    kmeans,
+    kmeans_weighted,
+    noisy,
+    pq,
 )
+from .kmeans import *  # noqa: F403
+from .kmeans_weighted import *  # noqa: F403
+from .noise import block_noise, draw_seed
+from .noisy import *  # noqa: F403
+from .pq import *  # noqa: F403
 
-__all__ = [
-    "block_noise",
-    "draw_seed",
-    "kmeans_assign",
-    "kmeans_update",
-    "kmeans_assign_weighted",
-    "kmeans_update_weighted",
-    "noisy_linear",
-    "pq_pack_codes",
-    "pq_unpack_codes",
-    "pq_decode",
-    "pq_linear",
-    "pq_embedding",
-    "pq_linear_backward",
-    "pq_embedding_backward",
-]
+__all__ = ["block_noise", "draw_seed", *noisy.__all__, *kmeans.__all__, *kmeans_weighted.__all__, *pq.__all__]

@@ -20,6 +20,7 @@ from .quantizer import weight_to_blocks
 __all__ = [
     "FEWER_BLOCKS",
     "check_kmeans_args",
+    "check_bits",
     "check_n_centroids",
     "check_finite",
     "check_model",
@@ -57,6 +58,18 @@ def check_kmeans_args(
         raise TypeError(f"{where}: centroid_dtype must be one of {list(_FLOAT_DTYPES)}, got {centroid_dtype!r}")
     if fewer_blocks not in FEWER_BLOCKS:
         raise ValueError(f"{where}: fewer_blocks must be one of {FEWER_BLOCKS}, got {fewer_blocks!r}")
+
+
+def check_bits(where: str, centroid_bits: Any, act_bits: Any) -> None:
+    """``centroid_bits`` (None or 2..8, iPQ & int8 centroids) and ``act_bits`` (0 or 8) of ``quantize_model_``.
+
+    Raises:
+        ValueError: naming the argument and the value.
+    """
+    if centroid_bits is not None and (not _is_int(centroid_bits) or not 2 <= centroid_bits <= 8):
+        raise ValueError(f"{where}: centroid_bits must be None or an int in [2, 8], got {centroid_bits!r}")
+    if act_bits not in (0, 8):
+        raise ValueError(f"{where}: act_bits must be 0 or 8, got {act_bits!r}")
 
 
 def check_n_centroids(where: str, n_centroids: Any) -> int:

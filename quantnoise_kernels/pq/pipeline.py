@@ -1,7 +1,7 @@
 """Staged iPQ: ``quantize_model_`` (fairseq's signature and semantics) as a plan step and an apply step.
 
-:func:`plan_quantization` selects the layers of a stage, checks them (module type, config entry, block size,
-ties, checkpoint entries) and groups the modules sharing a weight, without changing the model;
+:func:`plan_quantization` (:mod:`.plan`) selects the layers of a stage, checks them (module type, config entry,
+block size, ties, checkpoint entries) and groups the modules sharing a weight, without changing the model;
 :func:`apply_plan` builds every PQ layer (k-means, or a fairseq checkpoint's entries), broadcasts them, and
 only then replaces the modules and updates the :class:`SizeTracker`. ``quantize_model_`` is the two in a row.
 
@@ -22,21 +22,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .._blocks import check_block_size
-from ._checks import FEWER_BLOCKS, check_finite, check_kmeans_args, check_n_centroids, fewer_blocks_rule
-from ._model import owner_is_pq, replace_all, replace_module, share_storage, weight_users
+from ._checks import check_bits, check_kmeans_args
+from ._model import replace_all, replace_module, share_storage
 from .calibration import plan_hessians
-from .config import normalize_param_config
-from .fairseq import FairseqLayer, fairseq_prefix, read_fairseq_layer
 from .layers import PQLayer
-from .registry import is_pq_layer, pq_class_for, pq_layer_classes, why_not_quantizable
-from .selection import get_layers, get_param, layer_names, stage_regex
+from .plan import PlannedLayer, QuantizationPlan, plan_quantization
+from .registry import is_pq_layer, pq_class_for
+from .selection import get_layers, get_param
 
 __all__ = [
     "quantize_model_",
@@ -51,165 +48,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class PlannedLayer:
-    """One weight to quantize, and every module holding it."""
-
-    name: str  # the matched layer name
-    index: int  # its position among the stage's matches (k-means seed offset)
-    module: nn.Module  # the dense module at ``name``
-    pq_cls: type[PQLayer]
-    users: list[tuple[str, nn.Module]]  # every (path, module) whose ``.weight`` is this Parameter, module order
-    block_size: int
-    n_centroids: int
-    checkpoint: FairseqLayer | None = None  # n_iter=0 with a fairseq state_dict: the layer to build
-    exact: tuple[Tensor, Tensor] | None = None  # fewer blocks than K, fewer_blocks="reduce": (centroids, codes)
-
-
-@dataclass
-class QuantizationPlan:
-    """What one stage of :func:`quantize_model_` will do; building it changes nothing."""
-
-    step: int
-    pattern: str
-    layers: list[PlannedLayer]
-
-
-def _supported() -> str:
-    return ", ".join(c.__name__ for c in pq_layer_classes())
-
-
-def _quantizable(model: nn.Module, name: str, pattern: str) -> nn.Module | None:
-    """The dense module matched as ``name``; None when it is quantized already (a PQ layer or inside one)."""
-    if owner_is_pq(model, name):
-        return None  # a parameter of a layer quantized at an earlier stage
-    try:
-        module = model.get_submodule(name)
-    except AttributeError:
-        raise ValueError(
-            f"quantize_model_: {name!r} (matched by {pattern!r}) is a parameter, not a module; "
-            f"only {_supported()} layers can be quantized (narrow the regex)"
-        ) from None
-    if is_pq_layer(module):
-        return None
-    if pq_class_for(module) is None:
-        raise ValueError(
-            f"quantize_model_: layer {name!r} (matched by {pattern!r}) is {why_not_quantizable(module)}; "
-            "it cannot be quantized (narrow the regex)"
-        )
-    return module
-
-
-def _check_ties(model: nn.Module, name: str, users: list[tuple[str, nn.Module]]) -> None:
-    """Every holder of the weight must be quantizable, and the weight registered nowhere else."""
-    for path, other in users:
-        if pq_class_for(other) is None:
-            raise ValueError(
-                f"quantize_model_: the weight of {name!r} is tied to {path!r}, {why_not_quantizable(other)}, "
-                "which cannot be quantized; untie it first"
-            )
-    weight = users[0][1].weight
-    refs = {f"{path}.weight" if path else "weight" for path, _ in users}
-    stray = [n for n, p in model.named_parameters(remove_duplicate=False) if p is weight and n not in refs]
-    if stray:
-        raise ValueError(
-            f"quantize_model_: the weight of {name!r} is also registered as {stray}, outside any quantizable "
-            "layer; untie it first"
-        )
-
-
-def _plan_layer(
-    model: nn.Module,
-    name: str,
-    index: int,
-    module: nn.Module,
-    users: list[tuple[str, nn.Module]],
-    configs: tuple[dict, dict],
-    fewer_blocks: str,
-    state_dict: dict | None,
-) -> PlannedLayer | None:
-    """Check one selected layer and plan its quantization (None: skipped under ``fewer_blocks="skip"``)."""
-    where = f"quantize_model_: layer {name!r}"
-    _check_ties(model, name, users)
-    block_size = get_param(module, name, configs[0])
-    n_centroids = check_n_centroids(where, get_param(module, name, configs[1]))
-    for path, other in users:
-        check_block_size(block_size, tuple(other.weight.shape), f"quantize_model_: layer {path!r}")
-    pq_cls = pq_class_for(module)
-    if module.weight.device.type == "meta":
-        raise ValueError(f"{where}: its weight is on the meta device (no values to quantize or to keep)")
-    if state_dict is not None:
-        checkpoint = read_fairseq_layer(state_dict, fairseq_prefix(state_dict, name), module, where)
-        return PlannedLayer(name, index, module, pq_cls, users, block_size, n_centroids, checkpoint)
-    check_finite(where, "its weight", module.weight)
-    exact = fewer_blocks_rule(where, module.weight, block_size, n_centroids, fewer_blocks)
-    if exact is None:
-        return None
-    if exact is not False:
-        n_centroids = int(exact[0].shape[0])
-    layer = PlannedLayer(name, index, module, pq_cls, users, block_size, n_centroids)
-    layer.exact = exact or None
-    return layer
-
-
-def plan_quantization(
-    model: nn.Module,
-    layers_to_quantize: Sequence[str] | str,
-    block_sizes_config: dict,
-    n_centroids_config: dict,
-    step: int = 0,
-    *,
-    remove_weights: bool = False,
-    state_dict: dict | None = None,
-    fewer_blocks: str = "reduce",
-) -> QuantizationPlan:
-    """Select, check and group the layers of stage ``step`` (see :func:`quantize_model_`); the model is unchanged.
-
-    Every selected layer is checked here: its class (:func:`~.registry.pq_class_for`), ties, config entries, block
-    size, K, finite weights, and (with ``state_dict``, fairseq format) its checkpoint entries. Layers with fewer
-    blocks than K follow ``fewer_blocks`` (see :func:`quantize_model_`).
-
-    Raises:
-        as :func:`quantize_model_`.
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"quantize_model_: model must be an nn.Module, got {type(model).__name__}")
-    if isinstance(layers_to_quantize, str):
-        layers_to_quantize = [layers_to_quantize]
-    if not isinstance(layers_to_quantize, Sequence) or not all(isinstance(p, str) for p in layers_to_quantize):
-        raise TypeError(
-            f"quantize_model_: layers_to_quantize must be a regex or a list of regexes, got {layers_to_quantize!r}"
-        )
-    if not isinstance(step, int) or not 0 <= step < len(layers_to_quantize):
-        raise IndexError(f"quantize_model_: step must be in [0, {len(layers_to_quantize)}), got {step!r}")
-    if fewer_blocks not in FEWER_BLOCKS:
-        raise ValueError(f"quantize_model_: fewer_blocks must be one of {FEWER_BLOCKS}, got {fewer_blocks!r}")
-    configs = (
-        normalize_param_config(block_sizes_config, "block_sizes_config"),
-        normalize_param_config(n_centroids_config, "n_centroids_config"),
-    )
-    pattern = layers_to_quantize[step]
-    regex = stage_regex(pattern)
-    matched = [n for n in layer_names(model, remove_weights, remove_duplicate=False) if regex.match(n)]
-    if not matched:
-        hint = " (a doubled backslash `\\\\` matches a literal backslash)" if "\\\\" in pattern else ""
-        logger.warning("quantize_model_: stage %d pattern %r matches no layer%s", step, pattern, hint)
-
-    users_of = weight_users(model)
-    layers: list[PlannedLayer] = []
-    planned: set[int] = set()  # id() of the weights planned so far
-    for index, name in enumerate(matched):
-        module = _quantizable(model, name, pattern)
-        if module is None or id(module.weight) in planned:
-            continue
-        planned.add(id(module.weight))
-        users = users_of[id(module.weight)]
-        layer = _plan_layer(model, name, index, module, users, configs, fewer_blocks, state_dict)
-        if layer is not None:
-            layers.append(layer)
-    return QuantizationPlan(step, pattern, layers)
 
 
 def _tied_layers(layer: PlannedLayer, pq_module: PQLayer) -> dict[int, nn.Module]:
@@ -296,7 +134,26 @@ def apply_plan(
 ) -> list[str]:
     """Build every planned PQ layer, then replace the modules and update ``size_tracker``.
 
-    ``hessians``: ``{layer name: H}`` from :func:`~.calibration.run_calibration` (activation-aware k-means).
+    Args:
+        model, plan, size_tracker: the model, its :func:`plan_quantization`, a :class:`SizeTracker` or None.
+        n_iter: k-means iterations (fairseq's default 15).
+        eps: centroid perturbation when splitting a cluster to fill an empty one.
+        max_tentatives: empty-cluster repair attempts.
+        seed: k-means seed (each layer uses ``seed + index``); None draws from torch's default generator.
+        centroid_dtype: dtype of the centroids Parameter. float32 (default, as fairseq holds them) is what the
+            finetuning between stages needs: optimizers without fp32 master weights break on float16 parameters
+            (Adam's ``eps = 1e-8`` is 0 in float16, so a zero or tiny gradient gives 0/0 = NaN after one step).
+            Write a float16 file at the end with ``save_compressed(..., centroid_dtype=torch.float16)``.
+        verbose: log each layer (rank 0 only).
+        centroid_bits: iPQ & int8: store the centroids as int8 on a ``centroid_bits``-bit grid (2..8, one scale
+            and zero point per layer, :meth:`PQLayer.quantize_centroids_`); ``SizeTracker`` then counts 1 byte
+            per centroid entry. Such centroids are not trained: finetune float centroids, then call
+            ``quantize_centroids_`` on each layer, or quantize at the last stage.
+        act_bits: 0, or 8 to fake-quantize each PQ layer's input activations inside the op (``act_bits``
+            attribute of the layers).
+        hessians: ``{layer name: H}`` from :func:`~.calibration.run_calibration`: k-means minimises
+            ``(w - c)^T H_j (w - c)``, the layer's output error (:func:`~quantnoise_kernels.clustering.kmeans`
+            with ``h``). A layer without an entry is clustered plainly.
 
     Returns:
         The names of the modules replaced, in order (a tied module is listed under each of its names).
@@ -354,6 +211,8 @@ def quantize_model_(
     model is exactly as it was. Layers wrapped by ``quant_noise`` are quantized like the layers they wrap (the PQ
     layer replaces the wrapper; the weights are kept, the noise is dropped), and so are subclasses of the
     supported layers that keep their forward; a subclass with its own forward is refused, naming the layer.
+    It is :func:`plan_quantization`, then (with ``calibration``) :func:`~.calibration.plan_hessians`, then
+    :func:`apply_plan`; their docstrings detail the arguments they take.
 
     Args:
         model: the model (dense, or partly quantized by earlier stages).
@@ -363,38 +222,20 @@ def quantize_model_(
         block_sizes_config: ``{class name: (feature, {value: block_size})}`` (see :func:`get_param`).
         n_centroids_config: ``{class name: (feature, {value: K})}``.
         step: the stage index.
-        n_iter: k-means iterations (fairseq's default 15).
-        eps: centroid perturbation when splitting a cluster to fill an empty one.
-        max_tentatives: empty-cluster repair attempts.
+        n_iter, eps, max_tentatives, seed, centroid_dtype: k-means settings (fairseq's defaults; see
+            :func:`apply_plan`). ``seed``: each layer uses ``seed + index``; None draws from torch's generator.
         remove_weights: also strip ``.weights`` from parameter names (fairseq option).
         verbose: log each layer (rank 0 only).
-        state_dict: with ``n_iter == 0``, build the layers from this fairseq-format state_dict
-            (``<layer>.centroids`` ``[K, bs]``, ``<layer>.assignments`` in fairseq block order, ``<layer>.bias``)
-            instead of running k-means (fairseq uses this path to load a quantized checkpoint; it fills random
-            values of the right shape, we take the real ones).
-        seed: k-means seed (each layer uses ``seed + index``); None draws from torch's default generator.
-        centroid_dtype: dtype of the centroids Parameter. float32 (default, as fairseq holds them) is what the
-            finetuning between stages needs: optimizers without fp32 master weights break on float16 parameters
-            (Adam's ``eps = 1e-8`` is 0 in float16, so a zero or tiny gradient gives 0/0 = NaN after one step).
-            Write a float16 file at the end with ``save_compressed(..., centroid_dtype=torch.float16)``.
-        fewer_blocks: a layer with fewer blocks than its K (a small first convolution, a depthwise one) cannot
-            be clustered into K centroids. ``"reduce"`` (default): K becomes the number of its distinct blocks,
-            which encode it exactly (lossless up to ``centroid_dtype``); ``"skip"``: the layer stays dense;
-            both warn, naming the layer. ``"error"``: raise (before anything changes). The ``size_tracker``
-            counts the K used, and nothing for a skipped layer.
-        centroid_bits: iPQ & int8: store the centroids as int8 on a ``centroid_bits``-bit grid (2..8, one scale
-            and zero point per layer, :meth:`PQLayer.quantize_centroids_`); ``SizeTracker`` then counts 1 byte
-            per centroid entry. Such centroids are not trained: finetune float centroids, then call
-            ``quantize_centroids_`` on each layer, or quantize at the last stage.
-        act_bits: 0, or 8 to fake-quantize each PQ layer's input activations inside the op (``act_bits``
-            attribute of the layers).
-        calibration: activation-aware iPQ (issue 10): a callable ``f(model)`` that runs the model on calibration
-            batches, or an iterable of batches (dict: keyword arguments, tuple/list: positional, else the one
-            input). It runs once, in eval mode without gradients, before any layer changes; forward hooks stream
-            the second moments ``H_j`` of the inputs of each block column of this stage's layers
-            (:mod:`.calibration`) and k-means minimises ``(w - c)^T H_j (w - c)``, the layer's output error, instead
-            of the weight error (:func:`~quantnoise_kernels.clustering.kmeans` with ``h``). None: plain
-            k-means, as fairseq. A layer the calibration never ran is clustered plainly.
+        state_dict: with ``n_iter == 0``, build the layers from this fairseq-format state_dict instead of
+            running k-means (see :func:`plan_quantization`).
+        fewer_blocks: a layer with fewer blocks than its K: ``"reduce"`` (default, K = its distinct blocks),
+            ``"skip"`` or ``"error"`` (see :func:`plan_quantization`).
+        centroid_bits: iPQ & int8: store the centroids as int8 on a ``centroid_bits``-bit grid (2..8); see
+            :func:`apply_plan`.
+        act_bits: 0, or 8 to fake-quantize each PQ layer's input activations inside the op.
+        calibration: activation-aware iPQ (issue 10): a callable ``f(model)`` running the model on calibration
+            batches, or an iterable of batches; k-means then minimises each layer's output error
+            (:func:`~.calibration.run_calibration`). None: plain k-means, as fairseq.
         calibration_h: ``"full"`` (``block_size x block_size`` per column) or ``"diag"`` (its diagonal: cheaper).
         calibration_damp: ``H_j + damp * mean(diag H) I`` (GPTQ's dampening), so every ``H_j`` is positive definite.
 
@@ -412,34 +253,13 @@ def quantize_model_(
             (``n_iter``, ``eps``, ``max_tentatives``, ``seed``, ``fewer_blocks``) is out of range.
     """
     check_kmeans_args("quantize_model_", n_iter, eps, max_tentatives, seed, centroid_dtype, fewer_blocks)
-    if centroid_bits is not None and (
-        isinstance(centroid_bits, bool) or not isinstance(centroid_bits, int) or not 2 <= centroid_bits <= 8
-    ):
-        raise ValueError(f"quantize_model_: centroid_bits must be None or an int in [2, 8], got {centroid_bits!r}")
-    if act_bits not in (0, 8):
-        raise ValueError(f"quantize_model_: act_bits must be 0 or 8, got {act_bits!r}")
+    check_bits("quantize_model_", centroid_bits, act_bits)
+    checkpoint = state_dict if n_iter == 0 else None
     plan = plan_quantization(
-        model,
-        layers_to_quantize,
-        block_sizes_config,
-        n_centroids_config,
-        step,
-        remove_weights=remove_weights,
-        state_dict=state_dict if n_iter == 0 else None,
-        fewer_blocks=fewer_blocks,
-    )
+        model, layers_to_quantize, block_sizes_config, n_centroids_config, step, remove_weights=remove_weights,
+        state_dict=checkpoint, fewer_blocks=fewer_blocks,
+    )  # fmt: skip
     hessians = None if calibration is None else plan_hessians(model, plan, calibration, calibration_h, calibration_damp)
-    return apply_plan(
-        model,
-        plan,
-        size_tracker,
-        n_iter=n_iter,
-        eps=eps,
-        max_tentatives=max_tentatives,
-        seed=seed,
-        centroid_dtype=centroid_dtype,
-        verbose=verbose,
-        centroid_bits=centroid_bits,
-        act_bits=act_bits,
-        hessians=hessians,
-    )
+    kmeans_args = dict(n_iter=n_iter, eps=eps, max_tentatives=max_tentatives, seed=seed, centroid_dtype=centroid_dtype)
+    bits = dict(centroid_bits=centroid_bits, act_bits=act_bits)
+    return apply_plan(model, plan, size_tracker, verbose=verbose, hessians=hessians, **kmeans_args, **bits)

@@ -102,17 +102,9 @@ class PQ:
     """
 
     def __init__(
-        self,
-        weight: Tensor,
-        block_size: int,
-        n_centroids: int = 256,
-        n_iter: int = 20,
-        eps: float = 1e-6,
-        max_tentatives: int = 30,
-        verbose: bool = False,
-        seed: int | None = None,
-        h: Tensor | None = None,
-    ) -> None:
+        self, weight: Tensor, block_size: int, n_centroids: int = 256, n_iter: int = 20, eps: float = 1e-6,
+        max_tentatives: int = 30, verbose: bool = False, seed: int | None = None, h: Tensor | None = None,
+    ) -> None:  # fmt: skip
         _check_weight(weight, n_centroids)
         self.blocks = weight_to_blocks(weight.detach(), block_size)  # validates block_size
         if self.blocks.shape[0] < n_centroids:

@@ -39,21 +39,10 @@ class _PQConvNd(PQLayer):
     )
 
     def __init__(
-        self,
-        centroids: Tensor,
-        codes: Tensor,
-        bias: Tensor | None,
-        in_channels: int,
-        out_channels: int,
-        kernel_size,
-        stride=1,
-        padding=0,
-        dilation=1,
-        groups: int = 1,
-        padding_mode: str = "zeros",
-        *,
+        self, centroids: Tensor, codes: Tensor, bias: Tensor | None, in_channels: int, out_channels: int,
+        kernel_size, stride=1, padding=0, dilation=1, groups: int = 1, padding_mode: str = "zeros", *,
         grad_reduction: str = "sum",
-    ) -> None:
+    ) -> None:  # fmt: skip
         super().__init__()
         name, ntuple = type(self).__name__, _ntuple(self._N)
         in_channels = self._size_arg("in_channels", in_channels)

@@ -35,19 +35,10 @@ class PQEmbedding(PQLayer):
     _PACKED_CODES = False
 
     def __init__(
-        self,
-        centroids: Tensor,
-        codes: Tensor,
-        num_embeddings: int,
-        embedding_dim: int,
-        padding_idx: int | None = None,
-        max_norm: float | None = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-        sparse: bool = False,
-        *,
-        grad_reduction: str = "sum",
-    ) -> None:
+        self, centroids: Tensor, codes: Tensor, num_embeddings: int, embedding_dim: int,
+        padding_idx: int | None = None, max_norm: float | None = None, norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False, sparse: bool = False, *, grad_reduction: str = "sum",
+    ) -> None:  # fmt: skip
         super().__init__()
         num_embeddings = self._size_arg("num_embeddings", num_embeddings)
         embedding_dim = self._size_arg("embedding_dim", embedding_dim)
