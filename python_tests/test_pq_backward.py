@@ -4,6 +4,7 @@ gradients through them, against autograd through the plain-PyTorch reference (de
 from __future__ import annotations
 
 import pytest
+import tolerances
 import torch
 import torch.nn.functional as F
 from devices import device_params, runs_cuda_kernel
@@ -74,7 +75,7 @@ def test_linear_backward_dtypes(dtype):
     rx, rc = _reference_grads(g, x, codes, c)
     tol = 1e-12 if dtype == torch.float64 else 1e-5  # computed in float32 from the low-precision inputs
     _close(gc, rc, tol)
-    _close(gx, rx, tol if dtype == torch.float64 else 1e-2)  # rounded to the dtype at the end
+    _close(gx, rx, tol if dtype == torch.float64 else tolerances.tol(dtype))  # rounded to the dtype at the end
 
 
 def test_linear_backward_int8_centroids_and_non_contiguous():
@@ -280,8 +281,8 @@ def test_flow_quant_noise_train_quantize_finetune_save_load(tmp_path):
         h = reference.pq_linear(x, dense[0][0].interchange_codes(), dense[0][1], model[0].bias.detach()).relu()
         out = reference.pq_linear(h, dense[1][0].interchange_codes(), dense[1][1], model[2].bias.detach())
         F.mse_loss(out, target).backward()
-        for m, c in dense:  # fp16 centroids: gradients agree to fp16 rounding
-            torch.testing.assert_close(m.centroids.grad.float(), c.grad, rtol=2e-3, atol=2e-4)
+        for m, c in dense:  # float32 sums over every (row, block) of the layer, in another order
+            tolerances.assert_rounded_close(m.centroids.grad, c.grad, n=x.shape[0] * m.interchange_codes().numel())
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]

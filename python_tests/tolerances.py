@@ -1,4 +1,12 @@
-"""Tolerances derived from the dtype, not tuned by hand, for results of a reduction (matmul, linear).
+"""Tolerances derived from the dtype, not tuned by hand.
+
+:func:`tol` / :func:`assert_rounded_close`: a result computed in float32 (or float64) and rounded once to its
+dtype (a float16 centroid gradient, a bfloat16 input gradient) is within ``tol(dtype) ~ eps(dtype)`` of the
+precise value: the rounding itself is at most ``eps / 2`` relative, the rest is room for the float32
+arithmetic before it (sums of ``n`` terms reordered: ``n * eps(float32)``, below a float16/bfloat16 ``eps``
+for the short sums of these tests; a float32 result of a long sum passes its ``n``).
+
+:func:`assert_close_in_dtype`, for results of a reduction computed in their own dtype (matmul, linear):
 
 * float16 / bfloat16 / float32: flash-attention's rule. Our error against a float64 computation on the same
   inputs is at most twice the error of PyTorch's own computation in our dtype, plus the unit roundoff at the
@@ -13,6 +21,25 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+
+def tol(dtype: torch.dtype, n: int = 1) -> float:
+    """Relative tolerance of a result computed in float32 (sums of up to ``n`` terms, in an order we do not
+    control) and rounded once to ``dtype``: ``eps(dtype) + n * eps(float32)`` (each order's float32 error is
+    within ``n * eps(float32) / 2`` of the exact sum, the rounding within ``eps(dtype) / 2``)."""
+    return torch.finfo(dtype).eps + n * torch.finfo(torch.float32).eps
+
+
+def assert_rounded_close(ours: Tensor, expected: Tensor, dtype: torch.dtype | None = None, n: int = 1) -> None:
+    """``ours`` is ``expected`` (computed in float32 or better, sums of up to ``n`` terms) rounded to ``dtype``
+    (default ``ours.dtype``).
+
+    Within ``tol(dtype, n)`` relative, or ``tol(dtype, n) * max|expected|`` absolute: an entry near 0 is a sum of
+    terms at the scale of the largest ones, so its error is too.
+    """
+    t = tol(dtype or ours.dtype, n)
+    scale = expected.abs().max().item() if expected.numel() else 0.0
+    torch.testing.assert_close(ours.double(), expected.double(), rtol=t, atol=t * scale)
 
 
 def assert_close_in_dtype(ours: Tensor, expected: Tensor, torch_in_dtype: Tensor, magnitude: Tensor, n: int) -> None:
