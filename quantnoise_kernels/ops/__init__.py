@@ -5,7 +5,8 @@ kernels give ``torch.compile`` output metadata; they mirror the C++ checks that 
 
 - :mod:`.noise`: ``draw_seed``, ``block_noise`` (Quant-Noise, every noise kind).
 - :mod:`.noisy`: ``noisy_linear`` (the fused noisy linear layer).
-- :mod:`.kmeans`: ``kmeans_assign``, ``kmeans_update`` (iPQ clustering).
+- :mod:`.kmeans`: ``kmeans_assign``, ``kmeans_update``, ``kmeanspp_init``/``_step``/``_sample``
+  (iPQ clustering).
 - :mod:`.kmeans_weighted`: ``kmeans_assign_weighted``, ``kmeans_update_weighted`` (activation-aware iPQ).
 - :mod:`.pq`: ``pq_pack_codes``, ``pq_unpack_codes``, ``pq_decode``, ``pq_linear``, ``pq_embedding``,
   ``pq_linear_backward``, ``pq_embedding_backward`` (PQ training from the codes).
@@ -13,7 +14,7 @@ kernels give ``torch.compile`` output metadata; they mirror the C++ checks that 
 
 from __future__ import annotations
 
-from .kmeans import kmeans_assign, kmeans_update
+from .kmeans import kmeans_assign, kmeans_update, kmeanspp_init, kmeanspp_sample, kmeanspp_step
 from .kmeans_weighted import kmeans_assign_weighted, kmeans_update_weighted
 from .noise import block_noise, draw_seed
 from .noisy import noisy_linear
@@ -34,6 +35,9 @@ __all__ = [
     "kmeans_update",
     "kmeans_assign_weighted",
     "kmeans_update_weighted",
+    "kmeanspp_init",
+    "kmeanspp_step",
+    "kmeanspp_sample",
     "noisy_linear",
     "pq_pack_codes",
     "pq_unpack_codes",
