@@ -49,6 +49,10 @@ TORCH_LIBRARY(quantnoise, m) {
   m.def(
       "kmeans_update_weighted(Tensor x, Tensor codes, Tensor h, int n_centroids) -> (Tensor h_sums, Tensor hx_sums, "
       "Tensor sums, Tensor counts)");
+  // k-means++ seeding (DESIGN §3.2; rule in csrc/include/quantnoise/kmeanspp.h).
+  m.def("kmeanspp_init(Tensor x, Tensor first, Tensor uniforms) -> Tensor");
+  m.def("kmeanspp_step(Tensor x, Tensor dmin, Tensor centroid) -> (Tensor dmin_out, Tensor chunk_weights)");
+  m.def("kmeanspp_sample(Tensor dmin, Tensor chunk_weights, Tensor target) -> Tensor");
   // PQ-compressed weights (DESIGN §3.3, csrc/include/quantnoise/pq.h). Block (o, j) of
   // W.reshape(out, -1) is centroids[codes[o][j]] (int8 centroids: (c - zero_point) * scale, one
   // value or one per centroid). codes are [out, n_blocks] or, with codes_transposed, the packed

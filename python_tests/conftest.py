@@ -1,14 +1,16 @@
-"""Shared test set-up: fresh seeds per test, the device list, the cuda and cuda_emu markers."""
+"""Shared test set-up: fresh seeds per test, the device list, the cuda and cuda_emu markers, the CPU paths."""
 
 from __future__ import annotations
 
 import os
+import platform
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from devices import CPU_ISAS, runnable_cpu_isas
 
 import quantnoise_kernels  # noqa: F401  (loads the ops once, before any test)
 
@@ -26,6 +28,20 @@ def _seed_everything():
     np.random.seed(0)
 
 
+@pytest.fixture(params=CPU_ISAS)
+def isa(request, monkeypatch):
+    """Runs a test on one CPU instruction-set path (``QUANTNOISE_CPU_ISA``, read by the kernels at
+    every call). A path this CPU cannot run is skipped, naming the features it lacks. A test on a
+    CUDA device (real or emulated) does not depend on the path: it runs once (see
+    ``pytest_collection_modifyitems``)."""
+    missing = quantnoise_kernels._C.cpu_isa_missing(request.param)
+    if missing:
+        pytest.skip(f"the {request.param} path cannot run here: this CPU ({platform.machine()}) lacks {missing}")
+    monkeypatch.setenv("QUANTNOISE_CPU_ISA", request.param)
+    assert quantnoise_kernels.cpu_isa() == request.param
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def _cuda_emulation(request):
     """Tests on the ``cuda-emu`` device run the ops through their emulated CUDA kernels."""
@@ -38,7 +54,21 @@ def _cuda_emulation(request):
         yield
 
 
+def _isa_free(item) -> bool:
+    """True for a test whose kernels do not take a CPU path: a CUDA device, real or emulated."""
+    return item.get_closest_marker("cuda") is not None or item.get_closest_marker("cuda_emu") is not None
+
+
 def pytest_collection_modifyitems(config, items):
+    # A CUDA-device test that takes the isa fixture runs once, under the widest path this CPU has.
+    widest = runnable_cpu_isas()[0]
+    keep, drop = [], []
+    for item in items:
+        isa = getattr(getattr(item, "callspec", None), "params", {}).get("isa")
+        (drop if isa is not None and isa != widest and _isa_free(item) else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU; none visible")

@@ -37,6 +37,16 @@ def device_params() -> list:
     return params
 
 
+CPU_ISAS = ["avx512", "avx2", "portable"]  # QUANTNOISE_CPU_ISA's values, widest first
+
+
+def runnable_cpu_isas() -> list[str]:
+    """The CPU paths this machine runs (``QUANTNOISE_CPU_ISA`` values whose features it has)."""
+    import quantnoise_kernels
+
+    return [isa for isa in CPU_ISAS if not quantnoise_kernels._C.cpu_isa_missing(isa)]
+
+
 def runs_cuda_kernel(device: str) -> bool:
     """True when the ops run their CUDA kernels: on a GPU, or emulated (the ``cuda-emu`` device,
     whose tensors are on the CPU). For tolerances that differ between the CPU and CUDA kernels."""

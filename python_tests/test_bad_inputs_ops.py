@@ -1,5 +1,6 @@
-"""Bad-input matrix, the seven ops (issue 13): block_noise, noisy_linear, kmeans_assign, kmeans_update, pq_decode,
-pq_linear, pq_embedding. Each case: a clear error naming the argument, or the reference's result; inputs unchanged.
+"""Bad-input matrix, the eight ops (issue 13): block_noise, noisy_linear, kmeans_assign, kmeans_update,
+kmeanspp_init, pq_decode, pq_linear, pq_embedding. Each case: a clear error naming the argument, or the reference's
+result; inputs unchanged.
 """
 
 from __future__ import annotations
@@ -491,6 +492,107 @@ KMEANS_UPDATE = [
     ),
 ]
 
+KPP = ops.kmeanspp_init
+
+
+def _kpp_ref(args, kwargs):
+    return reference.kmeanspp_init(args[0].detach(), args[1], args[2])
+
+
+def _u(batch, k, device="cpu"):
+    if device == META:
+        return torch.empty(batch, k - 1, dtype=torch.float64, device=META)
+    return torch.rand(batch, k - 1, dtype=torch.float64)
+
+
+KMEANSPP_INIT = [
+    Case(
+        "kmeanspp_init",
+        "dtype",
+        "double x",
+        call(KPP, w(1, 9, 4, dtype=torch.float64), torch.zeros(1, dtype=torch.int64), _u(1, 3)),
+        TypeError,
+        "x must be float32, float16 or bfloat16, got dtype Double",
+    ),
+    Case(
+        "kmeanspp_init",
+        "dtype",
+        "float32 uniforms",
+        call(KPP, w(1, 9, 4), torch.zeros(1, dtype=torch.int64), torch.rand(1, 2)),
+        TypeError,
+        "uniforms must be float64, got dtype Float",
+    ),
+    Case(
+        "kmeanspp_init",
+        "rank",
+        "4-D x",
+        call(KPP, w(1, 1, 9, 4), torch.zeros(1, dtype=torch.int64), _u(1, 3)),
+        ValueError,
+        r"x must have 3 dimensions \[B, N, D\]",
+    ),
+    Case(
+        "kmeanspp_init",
+        "shape",
+        "first of B + 1",
+        call(KPP, w(1, 9, 4), torch.zeros(2, dtype=torch.int64), _u(1, 3)),
+        ValueError,
+        r"first must have shape \[B\] = \[1\], got \[2\]",
+    ),
+    Case(
+        "kmeanspp_init",
+        "range",
+        "first = N",
+        call(KPP, w(1, 9, 4), torch.tensor([9]), _u(1, 3)),
+        ValueError,
+        r"first must lie in \[0, N=9\), got values in \[9, 9\]",
+    ),
+    Case(
+        "kmeanspp_init",
+        "range",
+        "uniform = 1",
+        call(KPP, w(1, 9, 4), torch.tensor([0]), torch.ones(1, 2, dtype=torch.float64)),
+        ValueError,
+        r"uniforms must lie in \[0, 1\), got values in \[1, 1\]",
+    ),
+    Case(
+        "kmeanspp_init",
+        "nonfinite",
+        "NaN x",
+        call(KPP, w(1, 9, 4, fill=NAN), torch.tensor([0]), _u(1, 3)),
+        ValueError,
+        "x must be finite",
+    ),
+    Case(
+        "kmeanspp_init",
+        "device",
+        "uniforms on meta",
+        call(KPP, w(1, 9, 4), torch.tensor([0]), _u(1, 3, device=META)),
+        ValueError,
+        "uniforms must be on x's device cpu, got meta",
+    ),
+    Case(
+        "kmeanspp_init",
+        "empty",
+        "B = 0",
+        call(KPP, w(0, 9, 4), torch.zeros(0, dtype=torch.int64), _u(0, 3)),
+        check=close(_kpp_ref),
+    ),
+    Case(
+        "kmeanspp_init",
+        "huge",
+        f"N = {HUGE}",
+        call(KPP, w(1, HUGE, 4, device=META), torch.empty(1, dtype=torch.int64, device=META), _u(1, 5, device=META)),
+        check=meta_shape((1, 5)),
+    ),
+    Case(
+        "kmeanspp_init",
+        "grad",
+        "x",
+        call(KPP, w(1, 9, 4).requires_grad_(), torch.tensor([2]), _u(1, 4)),
+        check=close(_kpp_ref),
+    ),
+]
+
 # ------------------------------------------------------------------------------------------ PQ ops
 
 PD, PL, PE = ops.pq_decode, ops.pq_linear, ops.pq_embedding
@@ -787,14 +889,16 @@ PQ_EMBEDDING = [
     ),
 ]
 
-CASES = BLOCK_NOISE + NOISY_LINEAR + KMEANS_ASSIGN + KMEANS_UPDATE + PQ_DECODE + PQ_LINEAR + PQ_EMBEDDING
+CASES = (
+    BLOCK_NOISE + NOISY_LINEAR + KMEANS_ASSIGN + KMEANS_UPDATE + KMEANSPP_INIT + PQ_DECODE + PQ_LINEAR + PQ_EMBEDDING
+)
 
 
 def test_every_op_gets_eight_kinds_of_bad_input():
     kinds: dict[str, set[str]] = {}
     for case in CASES:
         kinds.setdefault(case.entry, set()).add(case.kind)
-    assert len(kinds) == 7
+    assert len(kinds) == 8
     assert all(len(k) >= 8 for k in kinds.values()), {e: sorted(k) for e, k in kinds.items()}
 
 

@@ -103,6 +103,25 @@ def _kmeans_update_weighted_cases() -> list[tuple[str, Callable[[str], object]]]
     return [("B=2 N=120 G=4 K=9 D=6", lambda dev: ops.kmeans_update_weighted(x.to(dev), codes.to(dev), h.to(dev), 9))]
 
 
+def _kmeanspp_cases(op: str):
+    def cases() -> list[tuple[str, Callable[[str], object]]]:
+        x = torch.randn(2, 2100, 6)
+        first, u = torch.tensor([3, 2099]), torch.rand(2, 20, dtype=torch.float64)
+        if op == "kmeanspp_init":
+            return [
+                (f"{dtype}", lambda d, dt=dtype: ops.kmeanspp_init(x.to(dt).to(d), first.to(d), u.to(d)))
+                for dtype in (torch.float32, torch.bfloat16)
+            ]
+        dmin = torch.rand(2, 2100) * 10
+        d_new, cw = ops.kmeanspp_step(x, dmin, x[:, 5])
+        if op == "kmeanspp_step":
+            return [("B=2 N=2100 D=6", lambda d: ops.kmeanspp_step(x.to(d), dmin.to(d), x[:, 5].to(d)))]
+        target = cw.sum(1) * torch.tensor([0.3, 0.8], dtype=torch.float64)
+        return [("B=2 N=2100", lambda d: ops.kmeanspp_sample(d_new.to(d), cw.to(d), target.to(d)))]
+
+    return cases
+
+
 def _int8_codebook(k: int, bs: int, per_centroid: bool) -> dict:
     """int8 centroids with their scale and zero point (1 or K of each)."""
     n = k if per_centroid else 1
@@ -192,6 +211,9 @@ CASES: dict[str, Callable[[], list[tuple[str, Callable[[str], object]]]]] = {
     "kmeans_update": _kmeans_update_cases,
     "kmeans_assign_weighted": _kmeans_assign_weighted_cases,
     "kmeans_update_weighted": _kmeans_update_weighted_cases,
+    "kmeanspp_init": _kmeanspp_cases("kmeanspp_init"),
+    "kmeanspp_step": _kmeanspp_cases("kmeanspp_step"),
+    "kmeanspp_sample": _kmeanspp_cases("kmeanspp_sample"),
     "pq_decode": _pq_cases("pq_decode"),
     "pq_embedding": _pq_cases("pq_embedding"),
     "pq_linear": _pq_cases("pq_linear"),
@@ -205,6 +227,9 @@ TOLERANCE: dict[str, dict] = {
     "kmeans_update": {"rtol": 1e-5, "atol": 1e-5},  # float atomics sum in arrival order
     "kmeans_assign_weighted": {"rtol": 0, "atol": 0},  # the same fmaf chains on both devices
     "kmeans_update_weighted": {"rtol": 1e-5, "atol": 1e-4},  # CPU fp64, CUDA float atomics
+    "kmeanspp_init": {"rtol": 0, "atol": 0},  # one rule (kmeanspp.h) on every device
+    "kmeanspp_step": {"rtol": 0, "atol": 0},
+    "kmeanspp_sample": {"rtol": 0, "atol": 0},
     "pq_decode": {"rtol": 0, "atol": 0},
     "pq_embedding": {"rtol": 0, "atol": 0},
     "pq_linear": {"rtol": 1e-4, "atol": 1e-4},  # summation order differs between kernels

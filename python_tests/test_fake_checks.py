@@ -39,6 +39,26 @@ def _noisy_linear_bw(grad=None, weight=None):
     return OPS.noisy_linear_backward_input.default, (grad, weight, _seed(), 0.5, 4)
 
 
+def _kmeanspp_init(x=None, first=None, uniforms=None):
+    x = torch.randn(1, 4, 2) if x is None else x
+    first = _seed(1) if first is None else first
+    uniforms = torch.rand(1, 3, dtype=torch.float64) if uniforms is None else uniforms
+    return OPS.kmeanspp_init.default, (x, first, uniforms)
+
+
+def _kmeanspp_step(dmin=None, centroid=None):
+    dmin = torch.zeros(1, 4) if dmin is None else dmin
+    centroid = torch.zeros(1, 2) if centroid is None else centroid
+    return OPS.kmeanspp_step.default, (torch.randn(1, 4, 2), dmin, centroid)
+
+
+def _kmeanspp_sample(dmin=None, chunk_weights=None, target=None):
+    dmin = torch.zeros(1, 4) if dmin is None else dmin
+    chunk_weights = torch.zeros(1, 1, dtype=torch.float64) if chunk_weights is None else chunk_weights
+    target = torch.zeros(1, dtype=torch.float64) if target is None else target
+    return OPS.kmeanspp_sample.default, (dmin, chunk_weights, target)
+
+
 def _codes(out=4, n_blocks=2, dtype=U8):
     return torch.randint(0, 8, (out, n_blocks)).to(dtype)
 
@@ -135,6 +155,24 @@ CASES = {
     "kmeans_update x rank": lambda: (OPS.kmeans_update.default, (torch.randn(4, 2), _seed(1, 4), 2)),
     "kmeans_update codes shape": lambda: (OPS.kmeans_update.default, (torch.randn(1, 4, 2), _seed(1, 3), 2)),
     "kmeans_update K": lambda: (OPS.kmeans_update.default, (torch.randn(1, 4, 2), _seed(1, 4), 65537)),
+    "kmeanspp_init x dtype": lambda: _kmeanspp_init(x=torch.zeros(1, 4, 2).double()),
+    "kmeanspp_init x rank": lambda: _kmeanspp_init(x=torch.randn(4, 2)),
+    "kmeanspp_init first dtype": lambda: _kmeanspp_init(first=torch.zeros(1, dtype=torch.int32)),
+    "kmeanspp_init uniforms dtype": lambda: _kmeanspp_init(uniforms=torch.rand(1, 3)),
+    "kmeanspp_init first shape": lambda: _kmeanspp_init(first=_seed(2)),
+    "kmeanspp_init uniforms shape": lambda: _kmeanspp_init(uniforms=torch.rand(3, dtype=torch.float64)),
+    "kmeanspp_init K": lambda: _kmeanspp_init(uniforms=torch.rand(1, 65536, dtype=torch.float64)),
+    "kmeanspp_init N 0": lambda: _kmeanspp_init(x=torch.randn(1, 0, 2)),
+    "kmeanspp_step dmin dtype": lambda: _kmeanspp_step(dmin=torch.zeros(1, 4).double()),
+    "kmeanspp_step centroid dtype": lambda: _kmeanspp_step(centroid=torch.zeros(1, 2).int()),
+    "kmeanspp_step dmin shape": lambda: _kmeanspp_step(dmin=torch.zeros(1, 5)),
+    "kmeanspp_step centroid shape": lambda: _kmeanspp_step(centroid=torch.zeros(1, 3)),
+    "kmeanspp_sample dmin dtype": lambda: _kmeanspp_sample(dmin=torch.zeros(1, 4).double()),
+    "kmeanspp_sample weights dtype": lambda: _kmeanspp_sample(chunk_weights=torch.zeros(1, 1)),
+    "kmeanspp_sample target dtype": lambda: _kmeanspp_sample(target=torch.zeros(1)),
+    "kmeanspp_sample dmin rank": lambda: _kmeanspp_sample(dmin=torch.zeros(4)),
+    "kmeanspp_sample weights shape": lambda: _kmeanspp_sample(chunk_weights=torch.zeros(1, 2, dtype=torch.float64)),
+    "kmeanspp_sample target shape": lambda: _kmeanspp_sample(target=torch.zeros(2, dtype=torch.float64)),
     "pq_decode codes dtype": lambda: _pq_decode(codes=_codes(dtype=torch.int64)),
     "pq_decode codes rank": lambda: _pq_decode(codes=torch.zeros(8, dtype=U8)),
     "pq_decode centroids dtype": lambda: _pq_decode(centroids=torch.zeros(8, 8, dtype=torch.int32)),

@@ -20,14 +20,6 @@ from devices import device_params
 from quantnoise_kernels import ops, reference
 
 NAN, INF = float("nan"), float("inf")
-ISAS = ["avx512", "avx2", "portable"]
-
-
-@pytest.fixture(params=ISAS)
-def isa(request, monkeypatch):
-    """Every CPU path (the kernels cap their path from this variable at each call)."""
-    monkeypatch.setenv("QUANTNOISE_CPU_ISA", request.param)
-    return request.param
 
 
 def _assign_f64(x, c):

@@ -10,31 +10,11 @@ Time budget: ~15 s.
 
 from __future__ import annotations
 
-import platform
-
 import pytest
 import torch
+from devices import runnable_cpu_isas
 
-import quantnoise_kernels as qn
-from quantnoise_kernels import _C, ops, reference
-
-ISAS = ["avx512", "avx2", "portable"]
-
-
-def _missing(isa: str) -> str:
-    """The CPU features this machine lacks for the path, as the kernels' own probe reports them."""
-    return _C.cpu_isa_missing(isa)
-
-
-@pytest.fixture(params=ISAS)
-def isa(request, monkeypatch):
-    """The path under test; skipped where the CPU cannot run it (the kernels would run a narrower one)."""
-    missing = _missing(request.param)
-    if missing:
-        pytest.skip(f"{request.param} path not run: this CPU ({platform.machine()}) lacks {missing}")
-    monkeypatch.setenv("QUANTNOISE_CPU_ISA", request.param)
-    assert qn.cpu_isa() == request.param
-    return request.param
+from quantnoise_kernels import ops, reference
 
 
 def _close(y, ref, rtol=1e-5):
@@ -112,10 +92,9 @@ def test_every_path_gives_the_same_product():
     codes, c = _layer(300, 128, 8, 256)
     packed = ops.pq_pack_codes(codes)
     x = torch.randn(20, 128)
-    runnable = [i for i in ISAS if not _missing(i)]
     outs = []
     with pytest.MonkeyPatch.context() as mp:
-        for name in runnable:
+        for name in runnable_cpu_isas():
             mp.setenv("QUANTNOISE_CPU_ISA", name)
             outs.append(ops.pq_linear(x, packed, c, codes_transposed=True))
     for y in outs[1:]:

@@ -1,7 +1,7 @@
 """Plain-PyTorch reference of every op: the oracle for the tests and the baseline of the benchmarks.
 
 fairseq's own code as written (the benchmark baselines, the checkpoint-format oracles: ``*_fairseq``) lives in
-:mod:`.reference_fairseq` and is re-exported here.
+:mod:`.reference_fairseq` and is re-exported here, as is the k-means++ seeding reference (:mod:`.reference_kmeanspp`).
 
 Written for clarity, not speed, and independent of the compiled kernels. The noise reference
 reproduces the kernels' Philox block draw with int64 tensor arithmetic, so masks compare exactly.
@@ -23,6 +23,7 @@ from .reference_fairseq import (
     pq_encode_fairseq,
     pq_linear_fairseq,
 )
+from .reference_kmeanspp import kmeanspp_chunk_weights, kmeanspp_init, kmeanspp_sample
 
 __all__ = [
     "philox4x32_10",
@@ -32,6 +33,9 @@ __all__ = [
     "kmeans_assign",
     "kmeans_assign_addmm",
     "kmeans_distances_fairseq",
+    "kmeanspp_init",
+    "kmeanspp_chunk_weights",
+    "kmeanspp_sample",
     "kmeans_update",
     "kmeans_assign_weighted",
     "kmeans_update_weighted",

@@ -1,13 +1,16 @@
 // CPU kernels of quantnoise::kmeans_assign and quantnoise::kmeans_update (DESIGN §3.2).
 //
 // kmeans_assign ranks centroids by score = 0.5*||c||^2 - x.c (quantnoise/kmeans.h), fused with a
-// running argmin: no N x K matrix. The codebook of each problem is transposed once to [D][Kp]
-// (Kp = K rounded up to 16, padding scored +inf), so one FMA scores 16 (AVX-512) or 8 (AVX2)
-// centroids against one coordinate of a point. One point at a time would be bound by the FMA
-// latency chain; the kernels keep P points in flight (P independent accumulators per centroid
-// block), x coordinates broadcast straight from memory. The path is cpu_isa()'s
-// (quantnoise/cpu_features.h); every path computes the same FMA chain in the same order, so all
-// give identical codes.
+// running argmin: no N x K matrix. Points fill the vector lanes: a tile of points is converted to
+// float32 and transposed into blocks of W points ([D][W]); a centroid's scores for W points are D
+// FMAs, its coordinates broadcast from the row-major codebook. Each lane keeps its point's running
+// minimum and index; centroids come in ascending order and only a strictly lower score replaces the
+// best, so the lowest index wins ties with no cross-lane step. Scoring one point at a time is bound
+// by the FMA latency chain; the body keeps PB blocks x CI centroids of independent chains in flight
+// (AVX2: 2 x 4, 16 points; AVX-512: 2 x 8, 32 points). One body serves every path (cpu/kmeans_simd.h),
+// chosen by cpu_isa() (quantnoise/cpu_features.h); all compute the same FMA chain in the same order,
+// so all give identical codes. A NaN score never wins (strict <); points whose float32 scores could
+// overflow are ranked again in float64 (kmeans_needs_exact / kmeans_argmin_exact, quantnoise/kmeans.h).
 #include "quantnoise/kmeans.h"
 
 #include <ATen/Dispatch.h>
@@ -22,174 +25,158 @@
 #include <limits>
 #include <vector>
 
+#include "kmeans_simd.h"
 #include "quantnoise/checks.h"
 #include "quantnoise/cpu_alloc.h"
 #include "quantnoise/cpu_features.h"
+#include "quantnoise/cpu_parallel.h"
 #include "quantnoise/dispatch.h"
 #include "quantnoise/kmeans_host.h"
-
-#if defined(QN_X86)
-// GCC 12's _mm512_reduce_* start from _mm512_undefined_*, which -Wuninitialized flags (harmless).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <immintrin.h>
-#endif
 
 namespace quantnoise {
 namespace {
 
-constexpr int64_t kLanePad = 16;  // Kp is a multiple of the widest vector
-constexpr int64_t kTile = 128;    // points per task (and per fp16/bf16 conversion buffer)
+constexpr int64_t kTile = 128;  // points per task: a multiple of every path's W * PB
 
-// The transposed codebook of one problem: ct[d * kp + k], h[k] = half_norm (+inf for padding).
-struct Codebook {
-  const float* ct;
-  const float* h;
-  int64_t kp;
-  int64_t k;
+// Lane-wise: where score < best, the score and the index kv replace them (strict: ties keep the lower index).
+template <class V>
+[[gnu::always_inline]] inline void keep_lower(typename V::F score, typename V::I kv, typename V::F& best,
+                                              typename V::I& idx) {
+  const typename V::M lower = V::lt(score, best);
+  best = V::min(best, score);
+  idx = V::select(lower, kv, idx);
+}
+
+// Codes of the points of PB blocks ([PB][D][W] floats) against the codebook c [k][D] with half
+// norms h [k]: lane l of block p gets the lowest index of its minimum score.
+template <class V, int PB, int CI, int64_t DC>
+[[gnu::always_inline]] inline void argmin_blocks(const float* __restrict__ xt, int64_t dim_rt,
+                                                 const float* __restrict__ c, const float* __restrict__ h, int64_t k,
+                                                 int32_t* __restrict__ out) {
+  constexpr int W = V::W;
+  const int64_t dim = DC > 0 ? DC : dim_rt;
+  typename V::F best[PB];
+  typename V::I idx[PB];
+  for (int p = 0; p < PB; ++p) {
+    best[p] = V::inf();
+    idx[p] = V::set_i(0);
+  }
+  typename V::I kv = V::set_i(0);  // the index of the centroid being compared, in every lane
+  int64_t j = 0;
+  for (; j + CI <= k; j += CI) {
+    // Opaque to the optimiser: otherwise GCC hoists the PB*D point loads out of the loop and
+    // spills them to the stack; in the loop they are FMA memory operands, read from L1.
+    asm("" : "+r"(xt));
+    typename V::F acc[CI][PB];
+    for (int i = 0; i < CI; ++i) {
+      for (int p = 0; p < PB; ++p) acc[i][p] = V::bcast(h + j + i);
+    }
+    for (int64_t d = 0; d < dim; ++d) {
+      for (int i = 0; i < CI; ++i) {
+        const typename V::F cd = V::bcast(c + (j + i) * dim + d);
+        for (int p = 0; p < PB; ++p) acc[i][p] = V::fnmadd(V::load(xt + (p * dim + d) * W), cd, acc[i][p]);
+      }
+    }
+    for (int i = 0; i < CI; ++i) {
+      for (int p = 0; p < PB; ++p) keep_lower<V>(acc[i][p], kv, best[p], idx[p]);
+      kv = V::inc(kv);
+    }
+  }
+  for (; j < k; ++j) {  // the last k % CI centroids
+    typename V::F acc[PB];
+    for (int p = 0; p < PB; ++p) acc[p] = V::bcast(h + j);
+    for (int64_t d = 0; d < dim; ++d) {
+      const typename V::F cd = V::bcast(c + j * dim + d);
+      for (int p = 0; p < PB; ++p) acc[p] = V::fnmadd(V::load(xt + (p * dim + d) * W), cd, acc[p]);
+    }
+    for (int p = 0; p < PB; ++p) keep_lower<V>(acc[p], kv, best[p], idx[p]);
+    kv = V::inc(kv);
+  }
+  for (int p = 0; p < PB; ++p) V::store_i(out + p * W, idx[p]);
+}
+
+// A tile's n_blocks blocks (a multiple of PB) through the body, compiled for each path.
+template <class V, int PB, int CI, int64_t DC>
+[[gnu::always_inline]] inline void argmin_tile(const float* xt, int64_t n_blocks, int64_t dim, const float* c,
+                                               const float* h, int64_t k, int32_t* out) {
+  for (int64_t blk = 0; blk < n_blocks; blk += PB) {
+    argmin_blocks<V, PB, CI, DC>(xt + blk * dim * V::W, dim, c, h, k, out + blk * V::W);
+  }
+}
+template <int64_t DC>
+void argmin_portable(const float* xt, int64_t n_blocks, int64_t dim, const float* c, const float* h, int64_t k,
+                     int32_t* out) {
+  argmin_tile<PortableVec, 1, 1, DC>(xt, n_blocks, dim, c, h, k, out);
+}
+#if defined(QN_X86)
+template <int64_t DC>
+QN_TARGET_AVX2 void argmin_avx2(const float* xt, int64_t n_blocks, int64_t dim, const float* c, const float* h,
+                                int64_t k, int32_t* out) {
+  argmin_tile<Avx2Vec, 2, 4, DC>(xt, n_blocks, dim, c, h, k, out);  // 8 accumulators + 4 best/index: 16 ymm
+}
+template <int64_t DC>
+QN_TARGET_AVX512 void argmin_avx512(const float* xt, int64_t n_blocks, int64_t dim, const float* c, const float* h,
+                                    int64_t k, int32_t* out) {
+  argmin_tile<Avx512Vec, 2, 8, DC>(xt, n_blocks, dim, c, h, k, out);  // 16 accumulators + 4 best/index of 32 zmm
+}
+#endif
+
+struct ArgminPath {
+  void (*fn)(const float*, int64_t, int64_t, const float*, const float*, int64_t, int32_t*);
+  int64_t width;  // points per block: the path's W
+  int64_t group;  // points per call of the body: W * PB (the blocks of a tile come in multiples of PB)
+  int64_t blocks_for(int64_t m) const { return (m + group - 1) / group * (group / width); }
 };
 
+ArgminPath argmin_path(CpuIsa isa, int64_t dim) {
+  return QN_DISPATCH_BLOCK_SIZE(dim, kDim, [&] {
 #if defined(QN_X86)
-// ---------------------------------------------------------------------------------------------
-// AVX-512: P points x 16 centroids per step.
-template <int P, int DC>
-QN_TARGET_AVX512 void argmin_avx512(const float* __restrict__ x, int64_t dim_rt, const Codebook& cb,
-                                    int32_t* __restrict__ out) {
-  const int64_t dim = DC > 0 ? DC : dim_rt;
-  __m512 best[P];
-  __m512i idx[P];
-  for (int p = 0; p < P; ++p) {
-    best[p] = _mm512_set1_ps(std::numeric_limits<float>::infinity());
-    idx[p] = _mm512_setzero_si512();
+    if (isa == CpuIsa::kAvx512) return ArgminPath{&argmin_avx512<kDim>, Avx512Vec::W, 2 * Avx512Vec::W};
+    if (isa == CpuIsa::kAvx2) return ArgminPath{&argmin_avx2<kDim>, Avx2Vec::W, 2 * Avx2Vec::W};
+#endif
+    return ArgminPath{&argmin_portable<kDim>, PortableVec::W, PortableVec::W};
+  });
+}
+
+// Points [i0, i0 + m) of x [.., D] as float32 blocks of `width` points, transposed ([block][D][width]),
+// zero padded to a whole number of tiles' blocks.
+template <typename scalar_t>
+void transpose_tile(const scalar_t* x, int64_t m, int64_t dim, int64_t width, float* xt) {
+  if (m < kTile) std::fill_n(xt, kTile * dim, 0.0f);
+  for (int64_t i = 0; i < m; ++i) {
+    float* dst = xt + (i / width) * dim * width + i % width;
+    for (int64_t d = 0; d < dim; ++d) dst[d * width] = static_cast<float>(x[i * dim + d]);
   }
-  __m512i kv = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i step = _mm512_set1_epi32(16);
-  for (int64_t kb = 0; kb < cb.kp; kb += 16) {
-    // Opaque to the optimiser: otherwise GCC hoists all P*D broadcasts out of the loop and
-    // spills them to the stack; in the loop they are free embedded-broadcast FMA operands.
-    asm("" : "+r"(x));
-    const __m512 hv = _mm512_loadu_ps(cb.h + kb);
-    __m512 acc[P];
-    for (int p = 0; p < P; ++p) acc[p] = hv;
+}
+
+// Exact squared distance of each point of a transposed tile to its chosen centroid (the FMA chain of
+// kmeans_squared_distance). Compiled twice so that fmaf becomes one instruction where the CPU has
+// FMA (a libm call otherwise); same value either way.
+[[gnu::always_inline]] inline void distances_body(const float* xt, int64_t m, int64_t dim, int64_t width,
+                                                  const float* c, const int32_t* codes, float* dist) {
+  for (int64_t i = 0; i < m; ++i) {
+    const float* xi = xt + (i / width) * dim * width + i % width;
+    const float* ci = c + codes[i] * dim;
+    float acc = 0.0f;
     for (int64_t d = 0; d < dim; ++d) {
-      const __m512 c = _mm512_loadu_ps(cb.ct + d * cb.kp + kb);
-      for (int p = 0; p < P; ++p) acc[p] = _mm512_fnmadd_ps(_mm512_set1_ps(x[p * dim + d]), c, acc[p]);
+      const float diff = xi[d * width] - ci[d];
+      acc = fmaf(diff, diff, acc);
     }
-    for (int p = 0; p < P; ++p) {  // strict <: a lane keeps its lowest k among equal scores
-      const __mmask16 m = _mm512_cmp_ps_mask(acc[p], best[p], _CMP_LT_OQ);
-      best[p] = _mm512_mask_mov_ps(best[p], m, acc[p]);
-      idx[p] = _mm512_mask_mov_epi32(idx[p], m, kv);
-    }
-    kv = _mm512_add_epi32(kv, step);
+    dist[i] = acc;
   }
-  for (int p = 0; p < P; ++p) {  // lowest index among the lanes holding the minimum
-    const float mn = _mm512_reduce_min_ps(best[p]);
-    const __mmask16 at_min = _mm512_cmp_ps_mask(best[p], _mm512_set1_ps(mn), _CMP_EQ_OQ);
-    out[p] = _mm512_mask_reduce_min_epi32(at_min, idx[p]);
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// AVX2: P points x 8 centroids per step (16 ymm registers: P = 4).
-template <int P, int DC>
-QN_TARGET_AVX2 void argmin_avx2(const float* __restrict__ x, int64_t dim_rt, const Codebook& cb,
-                                int32_t* __restrict__ out) {
-  const int64_t dim = DC > 0 ? DC : dim_rt;
-  __m256 best[P];
-  __m256 idx[P];  // int32 bit patterns, blended as floats
-  for (int p = 0; p < P; ++p) {
-    best[p] = _mm256_set1_ps(std::numeric_limits<float>::infinity());
-    idx[p] = _mm256_setzero_ps();
-  }
-  __m256i kv = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256i step = _mm256_set1_epi32(8);
-  for (int64_t kb = 0; kb < cb.kp; kb += 8) {
-    const __m256 hv = _mm256_loadu_ps(cb.h + kb);
-    __m256 acc[P];
-    for (int p = 0; p < P; ++p) acc[p] = hv;
-    for (int64_t d = 0; d < dim; ++d) {
-      const __m256 c = _mm256_loadu_ps(cb.ct + d * cb.kp + kb);
-      for (int p = 0; p < P; ++p) acc[p] = _mm256_fnmadd_ps(_mm256_set1_ps(x[p * dim + d]), c, acc[p]);
-    }
-    const __m256 kvf = _mm256_castsi256_ps(kv);
-    for (int p = 0; p < P; ++p) {
-      const __m256 m = _mm256_cmp_ps(acc[p], best[p], _CMP_LT_OQ);
-      best[p] = _mm256_blendv_ps(best[p], acc[p], m);
-      idx[p] = _mm256_blendv_ps(idx[p], kvf, m);
-    }
-    kv = _mm256_add_epi32(kv, step);
-  }
-  for (int p = 0; p < P; ++p) {
-    alignas(32) float b[8];
-    alignas(32) int32_t i[8];
-    _mm256_store_ps(b, best[p]);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(i), _mm256_castps_si256(idx[p]));
-    float mn = b[0];
-    for (int l = 1; l < 8; ++l) mn = b[l] < mn ? b[l] : mn;
-    int32_t code = std::numeric_limits<int32_t>::max();
-    for (int l = 0; l < 8; ++l) code = (b[l] == mn && i[l] < code) ? i[l] : code;
-    out[p] = code;
-  }
-}
-#endif  // QN_X86
-
-// ---------------------------------------------------------------------------------------------
-// Portable: one point at a time, the same FMA chain (fmaf) and the same rule.
-void argmin_portable(const float* __restrict__ x, int64_t dim, const Codebook& cb, int32_t* __restrict__ out) {
-  float best = std::numeric_limits<float>::infinity();
-  int32_t code = 0;
-  for (int64_t k = 0; k < cb.k; ++k) {
-    float s = cb.h[k];
-    for (int64_t d = 0; d < dim; ++d) s = fmaf(-x[d], cb.ct[d * cb.kp + k], s);
-    if (s < best) {
-      best = s;
-      code = static_cast<int32_t>(k);
-    }
-  }
-  *out = code;
-}
-
-// Exact squared distance of each point to its chosen centroid. Compiled twice so that fmaf
-// becomes one instruction where the CPU has FMA (a libm call otherwise); same value either way.
-[[gnu::always_inline]] inline void distances_body(const float* x, int64_t n, int64_t dim, const float* c,
-                                                  const int32_t* codes, float* dist) {
-  for (int64_t i = 0; i < n; ++i) dist[i] = kmeans_squared_distance(x + i * dim, c + codes[i] * dim, dim);
 }
 #if defined(QN_X86)
-QN_TARGET_AVX2 void distances_fma(const float* x, int64_t n, int64_t dim, const float* c, const int32_t* codes,
-                                  float* dist) {
-  distances_body(x, n, dim, c, codes, dist);
+QN_TARGET_AVX2 void distances_fma(const float* xt, int64_t m, int64_t dim, int64_t width, const float* c,
+                                  const int32_t* codes, float* dist) {
+  distances_body(xt, m, dim, width, c, codes, dist);
 }
 #endif
-void distances(CpuIsa isa, const float* x, int64_t n, int64_t dim, const float* c, const int32_t* codes, float* dist) {
+void distances(CpuIsa isa, const float* xt, int64_t m, int64_t dim, int64_t width, const float* c, const int32_t* codes,
+               float* dist) {
 #if defined(QN_X86)
-  if (isa != CpuIsa::kPortable) return distances_fma(x, n, dim, c, codes, dist);
+  if (isa != CpuIsa::kPortable) return distances_fma(xt, m, dim, width, c, codes, dist);
 #endif
-  distances_body(x, n, dim, c, codes, dist);
-}
-
-// Codes of n points x[n][dim] (fp32, contiguous). DC > 0: the dimension as a compile-time constant.
-template <int DC>
-void argmin_points(CpuIsa isa, const float* x, int64_t n, int64_t dim, const Codebook& cb, int32_t* out) {
-  int64_t i = 0;
-#if defined(QN_X86)
-  if (isa == CpuIsa::kAvx512) {
-    constexpr int P = 8;
-    for (; i + P <= n; i += P) argmin_avx512<P, DC>(x + i * dim, dim, cb, out + i);
-    for (; i < n; ++i) argmin_avx512<1, DC>(x + i * dim, dim, cb, out + i);
-  } else if (isa == CpuIsa::kAvx2) {
-    constexpr int P = 4;
-    for (; i + P <= n; i += P) argmin_avx2<P, DC>(x + i * dim, dim, cb, out + i);
-    for (; i < n; ++i) argmin_avx2<1, DC>(x + i * dim, dim, cb, out + i);
-  }
-#endif
-  for (; i < n; ++i) argmin_portable(x + i * dim, dim, cb, out + i);
-}
-
-using ArgminFn = void (*)(CpuIsa, const float*, int64_t, int64_t, const Codebook&, int32_t*);
-
-ArgminFn argmin_for_dim(int64_t dim) {
-  return QN_DISPATCH_BLOCK_SIZE(dim, kDim, [] { return ArgminFn{&argmin_points<kDim>}; });
+  distances_body(xt, m, dim, width, c, codes, dist);
 }
 
 std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& x,            // [B, N, D]
@@ -202,56 +189,39 @@ std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& x,       
   at::Tensor dist = empty_cpu_output({batch, n}, x.options().dtype(at::kFloat));
   if (batch == 0 || n == 0) return {codes, dist};
 
-  // Transposed codebooks and half norms (O(B*K*D), small next to x).
-  const int64_t kp = (k + kLanePad - 1) / kLanePad * kLanePad;
-  std::vector<float> ct_buf(static_cast<size_t>(batch * std::max<int64_t>(dim, 1) * kp), 0.0f);
-  std::vector<float> h_buf(static_cast<size_t>(batch * kp), std::numeric_limits<float>::infinity());
   const float* c_ptr = c.const_data_ptr<float>();
-  at::parallel_for(0, batch, 1, [&](int64_t b_begin, int64_t b_end) {
-    for (int64_t b = b_begin; b < b_end; ++b) {
-      for (int64_t j = 0; j < k; ++j) {
-        const float* cj = c_ptr + (b * k + j) * dim;
-        h_buf[b * kp + j] = kmeans_half_norm(cj, dim);
-        for (int64_t d = 0; d < dim; ++d) ct_buf[(b * dim + d) * kp + j] = cj[d];
-      }
-    }
-  });
+  std::vector<float> h(static_cast<size_t>(batch * k));  // half norms
+  for (int64_t e = 0; e < batch * k; ++e) h[e] = kmeans_half_norm(c_ptr + e * dim, dim);
 
   const at::Tensor bounds = kmeans_centroid_bounds(c);  // [B]: which points need float64 scores
   const float* max_c = bounds.const_data_ptr<float>();
 
   const CpuIsa isa = cpu_isa();
-  const ArgminFn argmin = argmin_for_dim(dim);
+  const ArgminPath path = argmin_path(isa, dim);
   const int64_t n_tiles = (n + kTile - 1) / kTile;
   int64_t* codes_ptr = codes.mutable_data_ptr<int64_t>();
   float* dist_ptr = dist.mutable_data_ptr<float>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "kmeans_assign_cpu", [&] {
     const scalar_t* x_ptr = xc.const_data_ptr<scalar_t>();
-    // Tasks of kTile points: ~16 KiB of fp32 x at D=32, and >= 1024 tasks at N=131072.
-    at::parallel_for(0, batch * n_tiles, 1, [&](int64_t t_begin, int64_t t_end) {
-      std::vector<float> xbuf;  // fp32 copy of a tile when x is not fp32
+    // Tasks of kTile points (1024 tasks at N=131072), handed out a few at a time: ~2^20 FMAs each
+    // (tens of microseconds), so small problems stay on one thread.
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 20) / (kTile * k * std::max<int64_t>(dim, 1)));
+    parallel_for_dynamic(0, batch * n_tiles, grain, [&](int64_t t_begin, int64_t t_end) {
+      std::vector<float> xt(static_cast<size_t>(kTile * dim));
       int32_t tile_codes[kTile];
       for (int64_t t = t_begin; t < t_end; ++t) {
         const int64_t b = t / n_tiles, i0 = (t % n_tiles) * kTile;
         const int64_t m = std::min(kTile, n - i0);
-        const Codebook cb{ct_buf.data() + b * dim * kp, h_buf.data() + b * kp, kp, k};
         const scalar_t* src = x_ptr + (b * n + i0) * dim;
-        const float* xt;
-        if constexpr (std::is_same_v<scalar_t, float>) {
-          xt = reinterpret_cast<const float*>(src);  // scalar_t is float here
-        } else {
-          xbuf.resize(static_cast<size_t>(m * dim));
-          for (int64_t e = 0; e < m * dim; ++e) xbuf[e] = static_cast<float>(src[e]);
-          xt = xbuf.data();
-        }
-        argmin(isa, xt, m, dim, cb, tile_codes);
-        const float* cb_rows = c_ptr + b * k * dim;
+        transpose_tile(src, m, dim, path.width, xt.data());
+        const float* cb = c_ptr + b * k * dim;
+        path.fn(xt.data(), path.blocks_for(m), dim, cb, h.data() + b * k, k, tile_codes);
         for (int64_t i = 0; i < m; ++i) {  // float32 scores that could overflow: ranked in float64
-          if (kmeans_needs_exact(xt + i * dim, dim, max_c[b])) {
-            tile_codes[i] = static_cast<int32_t>(kmeans_argmin_exact(xt + i * dim, cb_rows, k, dim));
+          if (kmeans_needs_exact(src + i * dim, dim, max_c[b])) {
+            tile_codes[i] = static_cast<int32_t>(kmeans_argmin_exact(src + i * dim, cb, k, dim));
           }
         }
-        distances(isa, xt, m, dim, cb_rows, tile_codes, dist_ptr + b * n + i0);
+        distances(isa, xt.data(), m, dim, path.width, cb, tile_codes, dist_ptr + b * n + i0);
         for (int64_t i = 0; i < m; ++i) codes_ptr[b * n + i0 + i] = tile_codes[i];
       }
     });
@@ -329,7 +299,3 @@ TORCH_LIBRARY_IMPL(quantnoise, CPU, m) {
 }
 
 }  // namespace quantnoise
-
-#if defined(QN_X86)
-#pragma GCC diagnostic pop
-#endif

@@ -1,9 +1,16 @@
 // Argument checks shared by the CPU, CUDA and emulated CUDA launchers (quantnoise/checks.h).
 #include "quantnoise/checks.h"
 
+#include <ATen/ops/all.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/max.h>
+#include <ATen/ops/min.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
+
+#include "quantnoise/kmeanspp.h"
 
 namespace quantnoise {
 
@@ -84,6 +91,18 @@ namespace quantnoise {
 namespace {
 bool is_kmeans_float(c10::ScalarType dtype) {
   return dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16;
+}
+
+void check_kmeanspp_points(std::string_view op, const at::Tensor& x) {
+  QN_CHECK_TYPE(is_kmeans_float(x.scalar_type()), op, "x must be float32, float16 or bfloat16, got dtype ",
+                x.scalar_type());
+  QN_CHECK_VALUE(x.dim() == 3, op, "x must have 3 dimensions [B, N, D], got shape ", x.sizes());
+}
+
+void check_same_device(std::string_view op, const char* ref_name, const at::Tensor& ref, const char* name,
+                       const at::Tensor& t) {
+  QN_CHECK_VALUE(t.device() == ref.device(), op, name, " must be on ", ref_name, "'s device ", ref.device(), ", got ",
+                 t.device());
 }
 }  // namespace
 
@@ -195,6 +214,68 @@ KMeansWeightedShape check_kmeans_update_weighted_args(const at::Tensor& x, const
                                                       int64_t n_centroids) {
   check_kmeans_update_args(x, codes, n_centroids);
   return check_kmeans_h("kmeans_update_weighted", x, h);
+}
+
+void check_kmeanspp_init_args(const at::Tensor& x, const at::Tensor& first, const at::Tensor& uniforms) {
+  constexpr std::string_view op = "kmeanspp_init";
+  check_kmeanspp_points(op, x);
+  const int64_t batch = x.size(0), n = x.size(1);
+  QN_CHECK_TYPE(first.scalar_type() == at::kLong, op, "first must be int64, got dtype ", first.scalar_type());
+  QN_CHECK_TYPE(uniforms.scalar_type() == at::kDouble, op, "uniforms must be float64, got dtype ",
+                uniforms.scalar_type());
+  QN_CHECK_VALUE(first.dim() == 1 && first.size(0) == batch, op, "first must have shape [B] = [", batch, "], got ",
+                 first.sizes());
+  QN_CHECK_VALUE(uniforms.dim() == 2 && uniforms.size(0) == batch, op,
+                 "uniforms must have shape [B, K-1] with B=", batch, ", got ", uniforms.sizes());
+  QN_CHECK_VALUE(uniforms.size(1) < kKMeansMaxCentroids, op, "uniforms must hold at most ", kKMeansMaxCentroids - 1,
+                 " draws per problem (K <= ", kKMeansMaxCentroids, "), got ", uniforms.size(1));
+  check_same_device(op, "x", x, "first", first);
+  check_same_device(op, "x", x, "uniforms", uniforms);
+  if (batch == 0) return;
+  QN_CHECK_VALUE(n >= 1, op, "x must hold at least one point per problem, got shape ", x.sizes());
+  const int64_t lo = first.min().item<int64_t>(), hi = first.max().item<int64_t>();
+  QN_CHECK_VALUE(lo >= 0 && hi < n, op, "first must lie in [0, N=", n, "), got values in [", lo, ", ", hi, "]");
+  if (uniforms.numel() > 0) {
+    const double u_lo = uniforms.min().item<double>(), u_hi = uniforms.max().item<double>();
+    QN_CHECK_VALUE(u_lo >= 0.0 && u_hi < 1.0, op, "uniforms must lie in [0, 1), got values in [", u_lo, ", ", u_hi,
+                   "]");
+  }
+  QN_CHECK_VALUE(at::isfinite(x).all().item<bool>(), op, "x must be finite (no NaN or infinity)");
+}
+
+void check_kmeanspp_step_args(const at::Tensor& x, const at::Tensor& dmin, const at::Tensor& centroid) {
+  constexpr std::string_view op = "kmeanspp_step";
+  check_kmeanspp_points(op, x);
+  QN_CHECK_TYPE(dmin.scalar_type() == at::kFloat, op, "dmin must be float32, got dtype ", dmin.scalar_type());
+  QN_CHECK_TYPE(is_supported_float(centroid.scalar_type()), op, "centroid must be a float tensor, got dtype ",
+                centroid.scalar_type());
+  QN_CHECK_VALUE(dmin.dim() == 2 && dmin.size(0) == x.size(0) && dmin.size(1) == x.size(1), op,
+                 "dmin must have shape [B, N] = [", x.size(0), ", ", x.size(1), "], got ", dmin.sizes());
+  QN_CHECK_VALUE(centroid.dim() == 2 && centroid.size(0) == x.size(0) && centroid.size(1) == x.size(2), op,
+                 "centroid must have shape [B, D] = [", x.size(0), ", ", x.size(2), "], got ", centroid.sizes());
+  check_same_device(op, "x", x, "dmin", dmin);
+  check_same_device(op, "x", x, "centroid", centroid);
+}
+
+void check_kmeanspp_sample_args(const at::Tensor& dmin, const at::Tensor& chunk_weights, const at::Tensor& target) {
+  constexpr std::string_view op = "kmeanspp_sample";
+  QN_CHECK_TYPE(dmin.scalar_type() == at::kFloat, op, "dmin must be float32, got dtype ", dmin.scalar_type());
+  QN_CHECK_TYPE(chunk_weights.scalar_type() == at::kDouble, op, "chunk_weights must be float64, got dtype ",
+                chunk_weights.scalar_type());
+  QN_CHECK_TYPE(target.scalar_type() == at::kDouble, op, "target must be float64, got dtype ", target.scalar_type());
+  QN_CHECK_VALUE(dmin.dim() == 2, op, "dmin must have 2 dimensions [B, N], got shape ", dmin.sizes());
+  const int64_t batch = dmin.size(0), n_chunks = kmeanspp_n_chunks(dmin.size(1));
+  QN_CHECK_VALUE(chunk_weights.dim() == 2 && chunk_weights.size(0) == batch && chunk_weights.size(1) == n_chunks, op,
+                 "chunk_weights must have shape [B, ceil(N / ", kKMeansPPChunk, ")] = [", batch, ", ", n_chunks,
+                 "], got ", chunk_weights.sizes());
+  QN_CHECK_VALUE(target.dim() == 1 && target.size(0) == batch, op, "target must have shape [B] = [", batch, "], got ",
+                 target.sizes());
+  check_same_device(op, "dmin", dmin, "chunk_weights", chunk_weights);
+  check_same_device(op, "dmin", dmin, "target", target);
+  if (batch > 0) {
+    const double lo = target.min().item<double>();
+    QN_CHECK_VALUE(lo >= 0.0, op, "target must be >= 0, got ", lo);
+  }
 }
 
 }  // namespace quantnoise

@@ -1,4 +1,5 @@
-"""k-means ops: ``kmeans_assign`` (E-step) and ``kmeans_update`` (M-step statistics), with fake kernels and
+"""k-means ops: ``kmeans_assign`` (E-step), ``kmeans_update`` (M-step statistics) and k-means++ seeding
+(``kmeanspp_init``; ``kmeanspp_step`` + ``kmeanspp_sample`` for data split over ranks), with fake kernels and
 autograd."""
 
 from __future__ import annotations
@@ -8,8 +9,14 @@ from torch import Tensor
 
 from ._args import int_arg
 from ._checks import check_kmeans_assign_args, check_kmeans_update_args
+from ._checks_kmeanspp import (
+    KMEANSPP_CHUNK,
+    check_kmeanspp_init_args,
+    check_kmeanspp_sample_args,
+    check_kmeanspp_step_args,
+)
 
-__all__ = ["kmeans_assign", "kmeans_update"]
+__all__ = ["kmeans_assign", "kmeans_update", "kmeanspp_init", "kmeanspp_step", "kmeanspp_sample"]
 
 
 def kmeans_assign(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
@@ -118,3 +125,81 @@ def _kmeans_update_backward(ctx, grad_sums: Tensor, _grad_counts):
 torch.library.register_autograd(
     "quantnoise::kmeans_update", _kmeans_update_backward, setup_context=_kmeans_update_setup_context
 )
+
+
+def kmeanspp_init(x: Tensor, first: Tensor, uniforms: Tensor) -> Tensor:
+    """k-means++ seeding (D^2 sampling; Arthur & Vassilvitskii 2007) of ``B`` problems, fused.
+
+    One call runs all ``K - 1`` steps: each updates every point's squared distance to its nearest
+    chosen point (the float32 FMA chain of ``kmeans_assign``'s ``dist``) and draws the next point
+    with probability proportional to it, by the deterministic chunked float64 rule of
+    ``csrc/include/quantnoise/kmeanspp.h``: the same points on every device and thread count. A point
+    already chosen (weight 0) is never drawn again; when every weight is 0 the draw is uniform,
+    ``floor(u * N)``.
+
+    Args:
+        x: ``[B, N, D]`` (or ``[N, D]``) float32/float16/bfloat16, finite, ``N >= 1``.
+        first: int64 ``[B]`` (or ``[]``): the first point of each problem, in ``[0, N)``.
+        uniforms: float64 ``[B, K - 1]`` (or ``[K - 1]``) in ``[0, 1)``: the draw of each later step.
+
+    Returns:
+        int64 ``[B, K]`` (``[K]``): the indices of the chosen points, ``first`` first.
+
+    Raises:
+        ValueError / TypeError: shapes, dtypes or values out of range (named in the message).
+    """
+    if x.dim() == 2:
+        return torch.ops.quantnoise.kmeanspp_init.default(x[None], first.reshape(1), uniforms[None])[0]
+    return torch.ops.quantnoise.kmeanspp_init.default(x, first, uniforms)
+
+
+def kmeanspp_step(x: Tensor, dmin: Tensor, centroid: Tensor) -> tuple[Tensor, Tensor]:
+    """One k-means++ distance update: ``min(dmin, |x - centroid|^2)`` and its chunk weights.
+
+    The building block of :func:`quantnoise_kernels.kmeans` when the points are split over ranks
+    (one collective per step); a single process uses the fused :func:`kmeanspp_init`.
+
+    Args:
+        x: ``[B, N, D]`` float32/float16/bfloat16. dmin: float32 ``[B, N]`` (``inf`` before the first
+            step). centroid: ``[B, D]`` float (the point chosen last).
+
+    Returns:
+        ``(dmin, chunk_weights)``: the new float32 ``[B, N]`` and float64 ``[B, ceil(N / 1024)]``
+        (the chunk weights of ``kmeanspp.h``).
+    """
+    return torch.ops.quantnoise.kmeanspp_step.default(x, dmin, centroid)
+
+
+def kmeanspp_sample(dmin: Tensor, chunk_weights: Tensor, target: Tensor) -> Tensor:
+    """The point of each problem whose prefix interval of the weights ``dmin`` holds ``target``.
+
+    Args:
+        dmin: float32 ``[B, N]`` weights; chunk_weights: float64 ``[B, ceil(N / 1024)]`` from
+            :func:`kmeanspp_step`; target: float64 ``[B]``, ``>= 0``.
+
+    Returns:
+        int64 ``[B]``: the index drawn by the rule of ``kmeanspp.h``, or -1 where every weight is 0.
+    """
+    return torch.ops.quantnoise.kmeanspp_sample.default(dmin, chunk_weights, target)
+
+
+@torch.library.register_fake("quantnoise::kmeanspp_init")
+def _kmeanspp_init_fake(x, first, uniforms):
+    check_kmeanspp_init_args(x, first, uniforms)
+    return x.new_empty((x.shape[0], uniforms.shape[1] + 1), dtype=torch.int64)
+
+
+@torch.library.register_fake("quantnoise::kmeanspp_step")
+def _kmeanspp_step_fake(x, dmin, centroid):
+    check_kmeanspp_step_args(x, dmin, centroid)
+    n_chunks = (x.shape[1] + KMEANSPP_CHUNK - 1) // KMEANSPP_CHUNK
+    return (
+        x.new_empty((x.shape[0], x.shape[1]), dtype=torch.float32),
+        x.new_empty((x.shape[0], n_chunks), dtype=torch.float64),
+    )
+
+
+@torch.library.register_fake("quantnoise::kmeanspp_sample")
+def _kmeanspp_sample_fake(dmin, chunk_weights, target):
+    check_kmeanspp_sample_args(dmin, chunk_weights, target)
+    return dmin.new_empty((dmin.shape[0],), dtype=torch.int64)

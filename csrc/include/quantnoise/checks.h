@@ -89,6 +89,15 @@ namespace quantnoise {
 // 1 <= K <= kKMeansMaxCentroids. kmeans_update: codes [B, N] int64, 1 <= n_centroids <= max.
 void check_kmeans_assign_args(const at::Tensor& x, const at::Tensor& centroids);
 void check_kmeans_update_args(const at::Tensor& x, const at::Tensor& codes, int64_t n_centroids);
+// k-means++ (rule: quantnoise/kmeanspp.h):
+// kmeanspp_init: x [B, N, D] float32/float16/bfloat16, finite, N >= 1 when B >= 1; first int64 [B]
+// in [0, N); uniforms float64 [B, K-1] in [0, 1) with K <= kKMeansMaxCentroids; one device.
+void check_kmeanspp_init_args(const at::Tensor& x, const at::Tensor& first, const at::Tensor& uniforms);
+// kmeanspp_step: x as above (any N); dmin float32 [B, N]; centroid float [B, D]; one device.
+void check_kmeanspp_step_args(const at::Tensor& x, const at::Tensor& dmin, const at::Tensor& centroid);
+// kmeanspp_sample: dmin float32 [B, N]; chunk_weights float64 [B, ceil(N / kKMeansPPChunk)];
+// target float64 [B], >= 0; one device.
+void check_kmeanspp_sample_args(const at::Tensor& dmin, const at::Tensor& chunk_weights, const at::Tensor& target);
 
 // pq_linear_backward: grad_out [..., out] float; x [..., in] with grad_out's leading shape, required
 // when centroids_grad (which needs float centroids). grad_x_shape: x's shape, [0] unless input_grad.
