@@ -69,6 +69,13 @@ def test_compress_then_evaluate(files, tmp_path, capsys):
     assert 0.0 < report["cosine_p5"] <= report["cosine_mean"] <= 1.0 + 1e-6
     assert 0.0 <= report["recall_at_10"] <= 1.0
 
+    few = tmp_path / "few.txt"  # recall@10 needs 11 sentences: left out, and a note says why
+    few.write_text("\n".join(tiny_sentences(8)) + "\n", encoding="utf-8")
+    assert cli.main(["evaluate", files["model"], str(out), "--sentences", str(few), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "recall_at_10" not in json.loads(captured.out)
+    assert "recall@10 left out: it needs at least 11 sentences, got 8" in captured.err
+
 
 def test_compressed_file_reloads_exactly(files, tmp_path):
     import copy

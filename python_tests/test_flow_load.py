@@ -197,11 +197,12 @@ def test_load_compressed_succeeds_on_the_right_model_and_non_strict(saved, tmp_p
     "content,error,match",
     [
         (None, FileNotFoundError, "missing.qnk"),
-        (b"PK\x03\x04 truncated", ValueError, r"'.*bad.qnk' is not a readable quantnoise_kernels.pq.compressed file"),
-        (b"", ValueError, r"'.*bad.qnk' is not a readable"),
+        (b"PK\x03\x04 truncated", ValueError, r"'.*bad.qnk' is not a readable .* archive is truncated or corrupted$"),
+        (b"", ValueError, r"'.*bad.qnk' is not a readable .*: the file is empty$"),
+        (b"hello, not a model", ValueError, r"'.*bad.qnk' is not a readable .*: wrong magic b'hell'"),
         ("dict", ValueError, r"'.*bad.qnk' is not a quantnoise_kernels.pq.compressed file"),
     ],
-    ids=["missing", "truncated", "empty", "foreign"],
+    ids=["missing", "truncated", "empty", "text", "foreign"],
 )
 def test_load_compressed_file_errors(tmp_path, content, error, match):
     path = tmp_path / ("missing.qnk" if content is None else "bad.qnk")

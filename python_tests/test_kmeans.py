@@ -212,6 +212,7 @@ def test_kmeans_shapes_determinism_tol_progress(caplog):
     x = torch.randn(2000, 4)
     a = qn.kmeans(x, 32, seed=3, init="kmeans++", verbose=True)  # progress: INFO records of the module's logger
     assert any(r.name == "quantnoise_kernels.clustering" and "iteration 1/20" in r.message for r in caplog.records)
+    assert "k-means++ init: 32 centroids from 2000 vectors" in caplog.records[0].message  # before the slow init
     b = qn.kmeans(x, 32, seed=3, init="kmeans++")
     assert a.centroids.shape == (32, 4) and a.codes.shape == (2000,) and a.centroids.dtype == torch.float32
     assert torch.equal(a.centroids, b.centroids) and torch.equal(a.codes, b.codes)

@@ -326,6 +326,13 @@ def test_quantize_model_warns_on_empty_stage(caplog):
     assert "matches no layer" in caplog.text and "literal backslash" in caplog.text
 
 
+def test_quantize_model_verbose_logs_each_layer(caplog):
+    """verbose=True shows one line per layer (fairseq's), even where the application set up no logging."""
+    quantize_model_(Model(), None, [r"decoder\.layers\.\d+\.fc1"], LINEAR_8, K_16, n_iter=1, verbose=True)
+    lines = [r.message for r in caplog.records if r.name == "quantnoise_kernels.pq.pipeline"]
+    assert lines and all(line.startswith("Quantizing layer decoder.layers.") for line in lines), lines
+
+
 def test_quantize_model_state_dict_path_takes_fairseq_entries():
     """n_iter=0 with a fairseq state_dict: layers built from the checkpoint, decode = fairseq's rule."""
     model = nn.Sequential(nn.Linear(16, 8))

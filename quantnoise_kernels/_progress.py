@@ -1,11 +1,12 @@
-"""Progress bars: tqdm when it is installed (a declared dependency), the plain iterable otherwise."""
+"""Progress: tqdm bars when tqdm is installed (a declared dependency), and the log lines of ``verbose=True``."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["progress_bar"]
+__all__ = ["progress_bar", "show_info"]
 
 
 class _Silent:
@@ -28,3 +29,20 @@ def progress_bar(iterable: Iterable, *, disable: bool = False, **kwargs: Any):
     except ImportError:  # pragma: no cover - tqdm is a dependency; a bare environment still runs
         return _Silent(iterable)
     return tqdm(iterable, disable=disable, **kwargs)
+
+
+def show_info(logger: logging.Logger, message: str, *args: Any) -> None:
+    """Log an INFO line a caller asked for with ``verbose=True``: while it is logged the logger is enabled for
+    INFO and, where the application configured no logging handler at all, a stderr handler shows it."""
+    level, handler = logger.level, None
+    if not logger.isEnabledFor(logging.INFO):
+        logger.setLevel(logging.INFO)
+    if not logger.hasHandlers():
+        handler = logging.StreamHandler()  # the current sys.stderr
+        logger.addHandler(handler)
+    try:
+        logger.info(message, *args)
+    finally:
+        logger.setLevel(level)
+        if handler is not None:
+            logger.removeHandler(handler)

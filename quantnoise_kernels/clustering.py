@@ -18,6 +18,7 @@ from torch import Tensor
 
 from . import ops
 from ._blocks import MAX_CENTROIDS, SEED_HIGH
+from ._progress import show_info
 
 __all__ = ["KMeansResult", "kmeans", "MAX_CENTROIDS"]
 
@@ -289,6 +290,7 @@ def kmeans(
         idx = torch.randint(0, n_total, (xb.shape[0], n_centroids), generator=gen).to(xb.device)
         centroids = _rows(xb, idx, offset, comm)
     else:
+        progress(f"k-means++ init: {n_centroids} centroids from {n_total} vectors of dimension {xb.shape[-1]}")
         centroids = _init_kmeanspp(xb, n_centroids, n_total, offset, gen, comm)
     if h is None:
         run = _Lloyd(xb, centroids, comm, gen, eps, progress)
@@ -319,20 +321,8 @@ class _Progress:
         self.enabled, self.start = enabled, time.perf_counter()
 
     def __call__(self, message: str) -> None:
-        if not self.enabled:
-            return
-        level, handler = logger.level, None
-        if not logger.isEnabledFor(logging.INFO):
-            logger.setLevel(logging.INFO)
-        if not logger.hasHandlers():
-            handler = logging.StreamHandler()  # the current sys.stderr
-            logger.addHandler(handler)
-        try:
-            logger.info("kmeans [%7.2fs] %s", time.perf_counter() - self.start, message)
-        finally:
-            logger.setLevel(level)
-            if handler is not None:
-                logger.removeHandler(handler)
+        if self.enabled:
+            show_info(logger, "kmeans [%7.2fs] %s", time.perf_counter() - self.start, message)
 
 
 class _Lloyd:

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .._progress import show_info
 from ._checks import check_bits, check_kmeans_args
 from ._model import replace_all, replace_module, share_storage
 from .calibration import plan_hessians
@@ -165,7 +166,7 @@ def apply_plan(
     for layer in plan.layers:
         if verbose:
             message = "Quantizing layer %s with block size %d and %d centroids"
-            logger.info(message, layer.name, layer.block_size, layer.n_centroids)
+            show_info(logger, message, layer.name, layer.block_size, layer.n_centroids)
         h = (hessians or {}).get(layer.name)
         built.append(_build(layer, seed, distributed, centroid_bits, act_bits, h, **from_float_args))
     replacements = [

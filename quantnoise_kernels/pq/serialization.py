@@ -141,6 +141,22 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, *, centroid_dtype
 _ENTRY_KEYS = ("name", "class", "dense_class", "weight_shape", "block_size", "n_centroids", "config", "bias", "tied_to")
 
 
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive; save_compressed always does
+
+
+def _why_unreadable(path: Any) -> str:
+    """What is wrong with a file ``torch.load`` refused, in the user's terms (the torch error stays chained)."""
+    if not isinstance(path, (str, os.PathLike)):
+        return "torch.load cannot read it (see the chained error)"
+    with open(path, "rb") as f:  # it opened a moment ago
+        head = f.read(4)
+    if not head:
+        return "the file is empty"
+    if head != _ZIP_MAGIC:
+        return f"wrong magic {head!r} (expected {_ZIP_MAGIC!r}): not a file written by save_compressed"
+    return "the torch.save archive is truncated or corrupted"
+
+
 def _read(path: str | os.PathLike, map_location: Any) -> dict[str, Any]:
     """The file's payload, its format and version checked."""
     where = f"load_compressed: {os.fspath(path)!r}" if isinstance(path, (str, os.PathLike)) else "load_compressed"
@@ -148,8 +164,8 @@ def _read(path: str | os.PathLike, map_location: Any) -> dict[str, Any]:
         data = torch.load(path, map_location=map_location or "cpu", weights_only=True)
     except OSError:
         raise  # FileNotFoundError, IsADirectoryError, PermissionError: they name the path
-    except Exception as error:  # a truncated, corrupted or foreign file: torch's errors do not name it
-        raise ValueError(f"{where} is not a readable {FORMAT} file ({type(error).__name__}: {error})") from error
+    except Exception as error:  # a truncated, corrupted or foreign file: torch's errors do not say which
+        raise ValueError(f"{where} is not a readable {FORMAT} file: {_why_unreadable(path)}") from error
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{where} is not a {FORMAT} file")
     if data.get("version") != VERSION:

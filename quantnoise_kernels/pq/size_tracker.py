@@ -169,9 +169,10 @@ class SizeTracker:
     def __repr__(self) -> str:
         now = self.held_bytes()
         held = (
-            f"Held in memory: {self.original_held.total / _MB:.4f} MB dense -> "
-            f"{now.codes / _MB:.4f} MB codes + {now.centroids / _MB:.4f} MB centroids + "
-            f"{now.other / _MB:.4f} MB other = {now.total / _MB:.4f} MB, "
+            f"Held in memory (parameters + buffers, MiB = 2**20 bytes): "
+            f"{self.original_held.total / _MB:.4f} MiB dense ({self.original_held.total} bytes) -> "
+            f"{now.codes / _MB:.4f} MiB codes + {now.centroids / _MB:.4f} MiB centroids + "
+            f"{now.other / _MB:.4f} MiB other = {now.total / _MB:.4f} MiB ({now.total} bytes), "
             f"held ratio: {self.original_held.total / max(now.total, 1):.2f}x"
         )
         return held + "\n" + self.fairseq_line()
