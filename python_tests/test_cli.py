@@ -77,6 +77,14 @@ def test_compress_then_evaluate(files, tmp_path, capsys):
     assert "recall@10 left out: it needs at least 11 sentences, got 8" in captured.err
 
 
+def test_compress_with_block_output_distillation(files, tmp_path, capsys):
+    out = tmp_path / "blocks.qnk"
+    args = ["--calibration", files["sentences"], "--finetune-steps", "2", "--loss", "blocks", "--lr", "1e-3"]
+    assert _compress(files, out, *args) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("centroid finetuning 2 steps") == 3 and out.is_file()
+
+
 def test_compressed_file_reloads_exactly(files, tmp_path):
     import copy
 

@@ -71,10 +71,14 @@ def test_demo_end_to_end_on_a_tiny_bert(tmp_path, monkeypatch):
 
 
 def test_best_row_prefers_targets_then_ratio():
-    def row(name, ratio, cos, recall=0.9):
-        return {"name": name, "pq_layers": 3, "whole_ratio": ratio, "cosine_mean": cos, "recall_at_10": recall}
+    def row(name, ratio, cos, recall=0.9, linear=21.0):
+        return {
+            "name": name, "pq_layers": 3, "whole_ratio": ratio, "linear_ratio": linear, "cosine_mean": cos,
+            "recall_at_10": recall,
+        }  # fmt: skip
 
     assert demo.best_row([row("a", 20, 0.96), row("b", 15, 0.97), row("c", 30, 0.5)])["name"] == "a"
+    assert demo.best_row([row("a", 20, 0.96, linear=19.0), row("b", 15, 0.97)])["name"] == "b"  # Linear < 20x
     assert demo.best_row([row("a", 20, 0.80), row("b", 10, 0.99), row("c", 16, 0.85)])["name"] == "c"
     assert demo.best_row([{"name": "dense", "pq_layers": 0}]) is None
 

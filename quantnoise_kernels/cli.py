@@ -87,8 +87,12 @@ def _batches(args: argparse.Namespace, tokenizer, path: str, what: str) -> list[
 
 
 def _finetuner(args: argparse.Namespace, teacher, batches):
-    from .hf import sentence_embedding
+    from .hf import block_outputs, layerwise_mse, sentence_embedding, with_hidden_states
     from .pq import finetune_centroids
+
+    loss, output_fn = args.loss, sentence_embedding
+    if loss == "blocks":  # every block's output at every token, each layer's MSE relative to its scale
+        batches, loss, output_fn = with_hidden_states(batches), layerwise_mse, block_outputs
 
     def after_stage(stage: int, model) -> None:
         losses = finetune_centroids(
@@ -97,8 +101,8 @@ def _finetuner(args: argparse.Namespace, teacher, batches):
             batches,
             steps=args.finetune_steps,
             lr=args.lr,
-            loss=args.loss,
-            output_fn=sentence_embedding,
+            loss=loss,
+            output_fn=output_fn,
             train_float=args.train_float,
             progress=args.progress,
             desc=f"stage {stage} finetune",
@@ -197,7 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calibration", help="text file, one sentence per line, for centroid finetuning")
     c.add_argument("--finetune-steps", type=int, default=100, help="distillation steps after each stage")
     c.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate for the centroids")
-    c.add_argument("--loss", choices=["mse", "cosine"], default="mse", help="on the sentence embeddings")
+    c.add_argument(
+        "--loss",
+        choices=["mse", "cosine", "blocks"],
+        default="mse",
+        help="mse/cosine: on the sentence embeddings; blocks: every block's output at every token",
+    )
     c.add_argument("--train-float", action="store_true", help="also finetune the float parameters left")
     c.add_argument("--n-iter", type=int, default=15, help="k-means iterations per layer (fairseq: 15)")
     c.add_argument("--seed", type=int, default=0)

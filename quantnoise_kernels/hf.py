@@ -20,6 +20,9 @@ __all__ = [
     "read_sentences",
     "tokenize",
     "sentence_embedding",
+    "with_hidden_states",
+    "block_outputs",
+    "layerwise_mse",
     "embed_sentences",
     "cosine_report",
     "recall_at_k",
@@ -102,6 +105,37 @@ def sentence_embedding(outputs: Any, batch: dict) -> Tensor:
     mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
     return F.normalize(pooled.float(), dim=-1)
+
+
+def with_hidden_states(batches: list[dict]) -> list[dict]:
+    """The same batches asking the model for every layer's hidden states (``output_hidden_states=True``)."""
+    return [dict(batch, output_hidden_states=True) for batch in batches]
+
+
+def block_outputs(outputs: Any, batch: dict) -> Tensor:
+    """Every transformer block's output at the real (unpadded) tokens: ``[layers, tokens, hidden]``.
+
+    The richer distillation target of the MiniLM demo (TinyBERT's hidden-state loss, Jiao et al. 2020):
+    one vector per token and per block instead of one per sentence. The model must have been called with
+    ``output_hidden_states=True`` (:func:`with_hidden_states`); the embedding layer's output is left out.
+
+    Raises:
+        ValueError: the outputs carry no ``hidden_states``.
+    """
+    states = getattr(outputs, "hidden_states", None)
+    if states is None:
+        raise ValueError("block_outputs: the model output has no hidden_states; call it with output_hidden_states=True")
+    mask = batch["attention_mask"].bool()
+    return torch.stack([state[mask] for state in states[1:]]).float()
+
+
+def layerwise_mse(student: Tensor, teacher: Tensor) -> Tensor:
+    """Sum over layers of each layer's MSE relative to the teacher's mean square (:func:`block_outputs`' pairs).
+
+    Normalising per layer keeps every block's output weighted alike, whatever the scale of its hidden states.
+    """
+    dims = tuple(range(1, teacher.dim()))
+    return ((student - teacher).square().mean(dim=dims) / teacher.square().mean(dim=dims).clamp(min=1e-12)).sum()
 
 
 @torch.no_grad()

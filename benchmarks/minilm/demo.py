@@ -39,6 +39,8 @@ class Settings:
 
 FULL = Settings(1200, 300, 16, 75, 150, 15, ((1, 128), (32, 128)), 5)
 QUICK = Settings(64, 40, 16, 2, 2, 4, ((1, 32), (4, 32)), 1)
+QN_PAIR = ("Quant-Noise, then iPQ Linear + distill", "iPQ Linear + distill")
+"""The rows compared for "Quant-Noise finetuning before iPQ beats plain iPQ at the same size"."""
 TARGETS = {"whole_ratio": 14.0, "cosine_mean": 0.95, "recall_at_10": 0.85, "linear_ratio": 20.0}
 
 
@@ -88,6 +90,7 @@ def _meets(row: dict[str, Any]) -> bool:
         row["whole_ratio"] >= TARGETS["whole_ratio"]
         and row["cosine_mean"] >= TARGETS["cosine_mean"]
         and row["recall_at_10"] >= TARGETS["recall_at_10"]
+        and row["linear_ratio"] >= TARGETS["linear_ratio"]
     )
 
 
@@ -182,6 +185,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if best is not None:
         saved = _save_and_reload(best, models[best["name"]], model_dir, args.out, held_batches, log)
     shapes = [f"b{b}x{n}" for b, n in settings.shapes]
+    checks = report.target_checks(rows, best and best["name"], TARGETS, QN_PAIR)
     payload = {
         "model_dir": model_dir,
         "quick": args.quick,
@@ -191,14 +195,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "targets": TARGETS,
         "rows": rows,
         "best": saved,
+        "targets_met": [{"target": label, "met": ok, "figures": figures} for label, ok, figures in checks],
         "wall_s": time.perf_counter() - wall,
     }
     table = report.markdown_table(rows, shapes)
+    verdicts = report.format_checks(best and best["name"], checks)
     with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as handle:
-        handle.write(f"{table}\n\nmachine: {info}; after: {payload['machine_after']['loadavg']} load\n")
+        handle.write(f"{table}\n\n{verdicts}\n\nmachine: {info}; after: {payload['machine_after']['loadavg']} load\n")
     report.write_json(os.path.join(args.out, "results.json"), payload)
     report.plot_size_fidelity(rows, os.path.join(args.out, "size_fidelity.png"))
-    log("\n" + table)
+    log("\n" + table + "\n\n" + verdicts)
     log(f"\nwrote {args.out}/results.md, results.json, size_fidelity.png; wall time {payload['wall_s']:.0f} s")
     return payload
 

@@ -24,6 +24,7 @@ __all__ = ["Recipe", "ROWS", "DemoContext", "build", "missing_api"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 LINEAR_YAML = os.path.join(HERE, "minilm_ipq.yaml")
 ALL_YAML = os.path.join(HERE, "minilm_ipq_embeddings.yaml")
+BEST_YAML = os.path.join(HERE, "minilm_ipq_best.yaml")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class Recipe:
         quantize_kwargs: extra keyword arguments of ``quantize_model_``.
         calibrate: activation-aware iPQ (issue 10): ``quantize_model_(..., calibration=<the calibration
             batches>)`` at every stage.
+        target: what distillation compares: ``"embedding"`` (MSE on the pooled sentence embeddings) or
+            ``"blocks"`` (every transformer block's output at every token, :func:`hf.block_outputs`, with
+            :func:`hf.layerwise_mse`).
         needs: dotted API names this row needs; missing ones make the row "pending".
     """
 
@@ -59,6 +63,7 @@ class Recipe:
     scalar_int8: bool = False
     quantize_kwargs: dict[str, Any] = field(default_factory=dict)
     calibrate: bool = False
+    target: str = "embedding"
     needs: tuple[str, ...] = ()
 
 
@@ -81,6 +86,14 @@ ROWS: list[Recipe] = [
     Recipe("iPQ Linear + PQEmbedding + distill", config=ALL_YAML, finetune_steps=-1),
     Recipe(
         "Quant-Noise, then iPQ Linear + PQEmbedding + distill", config=ALL_YAML, finetune_steps=-1, quant_noise_steps=-1
+    ),
+    Recipe(
+        "best recipe: activation-aware iPQ Linear + PQEmbedding/4 + block distill",
+        config=BEST_YAML,
+        finetune_steps=-1,
+        calibrate=True,
+        target="blocks",
+        needs=_AA,
     ),
 ]
 """The rows, in order. ``-1`` steps mean "the run's default" (``DemoContext.finetune_steps`` / ``qn_steps``)."""
@@ -159,19 +172,31 @@ def _quant_noise_finetune(model: nn.Module, recipe: Recipe, config: dict, ctx: D
                 qn.remove_quant_noise(module)
 
 
+def _target(target: str, batches: list[dict]):
+    """(batches, output_fn, loss) of a distillation target (see ``Recipe.target``)."""
+    if target == "embedding":
+        return batches, hf.sentence_embedding, "mse"
+    if target == "blocks":
+        return hf.with_hidden_states(batches), hf.block_outputs, hf.layerwise_mse
+    raise ValueError(f"Recipe.target must be 'embedding' or 'blocks', got {target!r}")
+
+
 def _finetuner(recipe: Recipe, ctx: DemoContext):
     steps = _steps(recipe.finetune_steps, ctx.finetune_steps)
     if steps == 0:
         return None
 
+    data, output_fn, loss = _target(recipe.target, ctx.train_batches)
+
     def after_stage(stage: int, model: nn.Module) -> None:
         losses = pq.finetune_centroids(
             _no_dropout(model),
             ctx.dense,
-            ctx.train_batches,
+            data,
             steps=steps,
             lr=ctx.lr,
-            output_fn=hf.sentence_embedding,
+            loss=loss,
+            output_fn=output_fn,
             train_float=recipe.train_float,
             progress=ctx.progress,
             desc=f"stage {stage} distill",

@@ -10,7 +10,7 @@ import json
 import os
 from typing import Any
 
-__all__ = ["markdown_table", "write_json", "plot_size_fidelity", "load_rows"]
+__all__ = ["markdown_table", "target_checks", "format_checks", "write_json", "plot_size_fidelity", "load_rows"]
 
 _MB = 1e6
 
@@ -49,6 +49,48 @@ def markdown_table(rows: list[dict[str, Any]], shapes: list[str]) -> str:
                 f"{row.get('build_s', 0):.0f}",
             ]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _row(rows: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    return next((r for r in rows if r["name"] == name and not r.get("pending")), None)
+
+
+def target_checks(
+    rows: list[dict[str, Any]], best: str | None, targets: dict[str, float], qn_pair: tuple[str, str]
+) -> list[tuple[str, bool | None, str]]:
+    """Issue 9's targets, each ``(target, met, the figures)``; ``met`` is None when the rows to judge are missing.
+
+    ``best`` names the best compressed row; ``qn_pair`` is (Quant-Noise then iPQ row, the same without
+    Quant-Noise), compared at the same bytes on the held-out mean cosine.
+    """
+    dense, row = rows[0], _row(rows, best) if best else None
+    checks: list[tuple[str, bool | None, str]] = []
+    for key, label in (("whole_ratio", "whole model x"), ("linear_ratio", "Linear layers x")):
+        got = row[key] if row else None
+        checks.append((f"{label} >= {targets[key]:g}", None if got is None else got >= targets[key], f"{got or 0:.1f}"))
+    for key, label in (("cosine_mean", "mean cosine"), ("recall_at_10", "recall@10")):
+        got = row[key] if row else None
+        checks.append((f"{label} >= {targets[key]:g}", None if got is None else got >= targets[key], f"{got or 0:.4f}"))
+    for shape in dense.get("latency", {}):
+        mine = (row or {}).get("latency", {}).get(shape)
+        base = dense["latency"][shape]["median_ms"]
+        ok = None if mine is None else mine["median_ms"] <= base
+        checks.append((f"latency {shape} <= dense", ok, f"{mine['median_ms'] if mine else 0:.1f} vs {base:.1f} ms"))
+    noisy, plain = (_row(rows, name) for name in qn_pair)
+    same = noisy is not None and plain is not None and noisy["whole_bytes"] == plain["whole_bytes"]
+    ok = noisy["cosine_mean"] > plain["cosine_mean"] if same else None
+    figures = f"{noisy['cosine_mean']:.4f} vs {plain['cosine_mean']:.4f}" if same else "rows missing"
+    checks.append(("Quant-Noise then iPQ beats plain iPQ (same bytes)", ok, figures))
+    return checks
+
+
+def format_checks(best: str | None, checks: list[tuple[str, bool | None, str]]) -> str:
+    """The checks as lines: ``met`` / ``NOT met`` / ``not measured``, with the figures."""
+    lines = [f"targets (best row: {best or 'none'}):"]
+    for label, ok, figures in checks:
+        verdict = "not measured" if ok is None else ("met" if ok else "NOT met")
+        lines.append(f"  {label}: {verdict} ({figures})")
     return "\n".join(lines)
 
 
