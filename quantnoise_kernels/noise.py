@@ -177,10 +177,30 @@ def _noisy_forward(self, input: Tensor) -> Tensor:
     if isinstance(self, nn.Embedding) and self.max_norm is not None:
         with torch.no_grad():  # as nn.Embedding: renormalise the looked-up rows of the weight, then noise it
             torch.embedding_renorm_(self.weight, input, self.max_norm, self.norm_type)
-    weight = ops.block_noise(self.weight, **_noise_kwargs(self))
     if isinstance(self, nn.Embedding):
+        return _noisy_embedding(self, input)
+    return self._conv_forward(input, ops.block_noise(self.weight, **_noise_kwargs(self)), self.bias)
+
+
+def _noisy_embedding(self: nn.Embedding, input: Tensor) -> Tensor:
+    """A training lookup in the noised table that noises only the rows looked up (issue 11).
+
+    The mask is keyed by block index (``block_noise``'s ``rows``), so this equals ``F.embedding`` in the whole
+    noised table, gradients included: the unique rows are gathered with ``F.embedding`` (``padding_idx``,
+    ``sparse`` as ``nn.Embedding``), noised, and looked up by their inverse indices (``scale_grad_by_freq``
+    there: the counts are the same). The whole table is noised instead when the batch holds as many tokens as
+    the table has rows, or under ``torch.compile`` (``unique`` has a data-dependent shape).
+    """
+    kw = _noise_kwargs(self)
+    if torch.compiler.is_compiling() or input.numel() >= self.num_embeddings:
+        weight = ops.block_noise(self.weight, **kw)
         return F.embedding(input, weight, self.padding_idx, None, 2.0, self.scale_grad_by_freq, self.sparse)
-    return self._conv_forward(input, weight, self.bias)
+    rows, inverse = torch.unique(input, return_inverse=True)
+    looked_up = F.embedding(rows, self.weight, self.padding_idx, None, 2.0, False, self.sparse)
+    if kw.get("scale") is not None and kw["scale"].numel() > 1:  # per-channel grid: the looked-up rows' own
+        kw["scale"], kw["zero_point"] = kw["scale"][rows], kw["zero_point"][rows]
+    noised = ops.block_noise(looked_up, rows=rows, **kw)
+    return F.embedding(inverse, noised, None, None, 2.0, self.scale_grad_by_freq, False)
 
 
 def _rebuild_noisy(base: type) -> nn.Module:
