@@ -82,7 +82,27 @@ def linear_training_step(quick: bool) -> list[dict[str, Any]]:
     return compare(group, cases, targets={"plain Linear step": 0.8}, rounds=3 if quick else 7)
 
 
+def embedding_training_forward(quick: bool) -> list[dict[str, Any]]:
+    """Target: a quant_noise Embedding(50000, 1024) training forward on 4096 tokens >= 5x the whole-table path.
+
+    Ours noises the looked-up rows only; the baseline is the previous forward, written out: noise the whole table
+    with the same op, then look up. Same seed rule, same result (python_tests/test_quant_noise_kinds.py)."""
+    rows, dim, tokens = (5000, 256, 512) if quick else (50000, 1024, 4096)
+    emb = quant_noise(torch.nn.Embedding(rows, dim), P, BLOCK)
+    idx = torch.randint(0, rows, (tokens,))
+
+    def whole_table():
+        return F.embedding(idx, ops.block_noise(emb.weight, P, BLOCK, ops.draw_seed()))
+
+    cases = {
+        "quant_noise Embedding forward, looked-up rows (ours)": Case(lambda: emb(idx), "ours"),
+        "whole-table noise + lookup (before)": Case(whole_table),
+    }
+    group = f"Embedding({rows}, {dim}) training forward, {tokens} tokens, p={P}, block {BLOCK}"
+    return compare(group, cases, targets={"whole-table noise + lookup (before)": 5.0}, rounds=3 if quick else 7)
+
+
 def rows(quick: bool = False) -> list[dict[str, Any]]:
     shapes = [(256, 1024)] if quick else [(4096, 4096), (1024, 4096)]
     out = [row for shape in shapes for row in forward_backward(shape, quick)]
-    return out + forward_vs_clone(quick) + linear_training_step(quick)
+    return out + forward_vs_clone(quick) + linear_training_step(quick) + embedding_training_forward(quick)

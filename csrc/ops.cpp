@@ -14,11 +14,22 @@ TORCH_LIBRARY(quantnoise, m) {
   // noise="centroid": a noised block becomes its nearest row of `centroids` [K, block_size]
   // (squared L2, ties to the lowest index), kept blocks are copied. straight_through selects the
   // backward (ops/noise.py); the forward ignores it. Returns a new contiguous tensor; weight is
-  // never written.
+  // never written. rows (int64 [out], >= 0): weight holds rows `rows` of a larger weight and gets
+  // their mask (block j of row i is keyed as block j of row rows[i]): noising the looked-up rows of
+  // an embedding equals looking up in the noised table; per-channel parameters are weight's rows'.
   m.def(
       "block_noise(Tensor weight, Tensor seed, float p, int block_size, int offset=0, bool rescale=True, "
       "bool straight_through=True, str noise='drop', Tensor? centroids=None, Tensor? scale=None, "
-      "Tensor? zero_point=None, int quant_min=0, int quant_max=255) -> Tensor");
+      "Tensor? zero_point=None, int quant_min=0, int quant_max=255, Tensor? rows=None) -> Tensor");
+  // The weight gradient of block_noise given grad, the gradient of its output (weight's shape):
+  // straight-through, grad times 1/(1-p) (drop with rescale) or times the clamp mask
+  // (fake_quant: 0 where weight lies outside the grid's range); straight_through=False also 0 on
+  // the noised blocks (the forward's mask, redrawn; rows as block_noise's). One pass; a new
+  // contiguous tensor.
+  m.def(
+      "block_noise_backward(Tensor grad, Tensor weight, Tensor seed, float p, int block_size, int offset=0, "
+      "bool rescale=True, bool straight_through=True, str noise='drop', Tensor? centroids=None, "
+      "Tensor? scale=None, Tensor? zero_point=None, int quant_min=0, int quant_max=255, Tensor? rows=None) -> Tensor");
 
   // y = input . block_noise(weight)^T + bias, fused: the noised weight is never materialised
   // (CPU: noised chunk by chunk into an L2-sized buffer). The mask is that of block_noise with the

@@ -7,18 +7,20 @@ import platform
 import random
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
-from devices import CPU_ISAS, runnable_cpu_isas
-
-import quantnoise_kernels  # noqa: F401  (loads the ops once, before any test)
-
 # torch.compile's caches key a compiled graph by the forward graph, not by the Python autograd
 # formulas of custom ops: a cache shared with another checkout of this library (the default
 # /tmp/torchinductor_<user>) can hand back a backward that calls ops this build does not have.
+# Set before torch is imported: torch fixes its cache directory (and sets this variable itself)
+# the first time it needs one.
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ROOT / "build" / "torchinductor"))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from devices import CPU_ISAS, runnable_cpu_isas  # noqa: E402
+
+import quantnoise_kernels  # noqa: E402, F401  (loads the ops once, before any test)
 
 
 @pytest.fixture(autouse=True)

@@ -74,31 +74,44 @@ def test_centroid_kind():
     assert "quant_noise_centroids" not in dict(layer.named_buffers())
 
 
-@pytest.mark.parametrize("noise", ["drop", "fake_quant"])
-def test_embedding_is_a_lookup_in_the_noised_table(noise):
-    """A wrapped nn.Embedding (padding_idx too) looks up in block_noise's table, and so does its gradient."""
-    emb = nn.Embedding(500, 32, padding_idx=3)
-    ref = nn.Embedding(500, 32, padding_idx=3)
+def _whole_table_kind(noise: str, weight: torch.Tensor, centroids: torch.Tensor) -> dict:
+    if noise == "fake_quant":
+        qp = observe(weight, QuantGrid(8, "channel"))
+        return {"noise": noise, "scale": qp.scale, "zero_point": qp.zero_point, "quant_min": 0, "quant_max": 255}
+    return {"noise": "centroid", "centroids": centroids} if noise == "centroid" else {}
+
+
+@pytest.mark.parametrize("noise", ["drop", "fake_quant", "centroid"])
+@pytest.mark.parametrize("options", [{}, {"sparse": True}, {"scale_grad_by_freq": True}, {"straight_through": False}])
+def test_embedding_noises_the_looked_up_rows_as_the_whole_table(noise, options):
+    """A wrapped nn.Embedding noises only the rows it looks up (block_noise's rows), and that equals a lookup in
+    the whole noised table (padding_idx, sparse, scale_grad_by_freq, both gradients)."""
+    st = options.pop("straight_through", True)
+    emb = nn.Embedding(500, 32, padding_idx=3, **options)
+    ref = nn.Embedding(500, 32, padding_idx=3, **options)
     ref.load_state_dict(emb.state_dict())
-    kw = {"noise": noise, "method": "channel"} if noise == "fake_quant" else {}
+    centroids = torch.randn(16, 8)
+    kw = {"noise": noise, "straight_through": st}
+    kw |= {"method": "channel"} if noise == "fake_quant" else {"centroids": centroids} if noise == "centroid" else {}
     qn.quant_noise(emb, 0.3, 8, **kw)
     idx = torch.randint(0, 500, (4, 9))
     idx[0, 0] = 3
+    idx[1, :3] = 7  # repeated rows
     torch.manual_seed(5)
     out = emb(idx)
     torch.manual_seed(5)
     seed = int(ops.draw_seed())
-    extra = {}
-    if noise == "fake_quant":
-        qp = observe(ref.weight, QuantGrid(8, "channel"))
-        extra = {"noise": noise, "scale": qp.scale, "zero_point": qp.zero_point, "quant_min": 0, "quant_max": 255}
-    table = ops.block_noise(ref.weight, 0.3, 8, seed, **extra)
-    expected = F.embedding(idx, table, padding_idx=3)
+    table = ops.block_noise(
+        ref.weight, 0.3, 8, seed, straight_through=st, **_whole_table_kind(noise, ref.weight, centroids)
+    )
+    expected = F.embedding(idx, table, 3, None, 2.0, ref.scale_grad_by_freq, ref.sparse)
     assert torch.equal(out, expected)
     g = torch.randn_like(out)
     out.backward(g)
     expected.backward(g)
-    torch.testing.assert_close(emb.weight.grad, ref.weight.grad, rtol=1e-6, atol=1e-6)
+    got, want = emb.weight.grad, ref.weight.grad
+    assert got.is_sparse == emb.sparse  # the looked-up rows' gradient stays sparse
+    torch.testing.assert_close(got.to_dense(), want.to_dense(), rtol=1e-6, atol=1e-6)
 
 
 def test_embedding_max_norm_renormalises_the_weight_as_nn_embedding():

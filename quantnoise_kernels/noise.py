@@ -177,10 +177,30 @@ def _noisy_forward(self, input: Tensor) -> Tensor:
     if isinstance(self, nn.Embedding) and self.max_norm is not None:
         with torch.no_grad():  # as nn.Embedding: renormalise the looked-up rows of the weight, then noise it
             torch.embedding_renorm_(self.weight, input, self.max_norm, self.norm_type)
-    weight = ops.block_noise(self.weight, **_noise_kwargs(self))
     if isinstance(self, nn.Embedding):
+        return _noisy_embedding(self, input)
+    return self._conv_forward(input, ops.block_noise(self.weight, **_noise_kwargs(self)), self.bias)
+
+
+def _noisy_embedding(self: nn.Embedding, input: Tensor) -> Tensor:
+    """A training lookup in the noised table that noises only the rows looked up (issue 11).
+
+    The mask is keyed by block index (``block_noise``'s ``rows``), so this equals ``F.embedding`` in the whole
+    noised table, gradients included: the rows are gathered in token order with ``F.embedding`` (``padding_idx``,
+    ``scale_grad_by_freq``, ``sparse`` as ``nn.Embedding``) and noised as the rows of the table they are: two
+    passes over ``tokens x dim`` entries instead of one over the table. The whole table is noised instead when
+    the batch holds as many tokens as the table has rows.
+    """
+    kw = _noise_kwargs(self)
+    if input.numel() >= self.num_embeddings:
+        weight = ops.block_noise(self.weight, **kw)
         return F.embedding(input, weight, self.padding_idx, None, 2.0, self.scale_grad_by_freq, self.sparse)
-    return self._conv_forward(input, weight, self.bias)
+    looked_up = F.embedding(input, self.weight, self.padding_idx, None, 2.0, self.scale_grad_by_freq, self.sparse)
+    rows = input.reshape(-1)
+    if kw.get("scale") is not None and kw["scale"].numel() > 1:  # per-channel grid: the looked-up rows' own
+        kw["scale"], kw["zero_point"] = kw["scale"][rows], kw["zero_point"][rows]
+    noised = ops.block_noise(looked_up.reshape(rows.numel(), -1), rows=rows, **kw)
+    return noised.view(looked_up.shape)
 
 
 def _rebuild_noisy(base: type) -> nn.Module:

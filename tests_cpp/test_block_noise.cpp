@@ -61,12 +61,12 @@ void test_cpu_op_matches_header_rule() {
           .findSchemaOrThrow("quantnoise::block_noise", "")
           .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double, int64_t, int64_t, bool, bool,
                             c10::string_view, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                            const std::optional<at::Tensor>&, int64_t, int64_t)>();
+                            const std::optional<at::Tensor>&, int64_t, int64_t, const std::optional<at::Tensor>&)>();
   const at::Tensor w = at::rand({16, 24}) + 1.0;  // strictly positive: zero means dropped
   const int64_t seed = 42, block_size = 4;
   const double p = 0.25;
   const at::Tensor out = op.call(w, at::scalar_tensor(seed, at::kLong), p, block_size, 3, true, true, "drop",
-                                 std::nullopt, std::nullopt, std::nullopt, 0, 255);
+                                 std::nullopt, std::nullopt, std::nullopt, 0, 255, std::nullopt);
   const auto rng = quantnoise::make_block_rng(seed, 3, p);
   const auto wa = w.accessor<float, 2>();
   const auto oa = out.accessor<float, 2>();

@@ -9,7 +9,9 @@
 
 #include "block_noise_cuda.h"
 #include "block_noise_kernels.cuh"
+#include "quantnoise/checks.h"
 #include "quantnoise/noise_host.h"
+#include "quantnoise/noise_rows.h"
 
 namespace quantnoise {
 namespace {
@@ -19,15 +21,45 @@ at::Tensor block_noise_cuda(const at::Tensor& weight,  // [out, ...] float
                             double p, int64_t block_size, int64_t offset, bool rescale,
                             bool /*straight_through: the autograd formula's (ops/noise.py)*/, c10::string_view noise,
                             const std::optional<at::Tensor>& centroids, const std::optional<at::Tensor>& scale,
-                            const std::optional<at::Tensor>& zero_point, int64_t quant_min, int64_t quant_max) {
-  return noised_weight_cuda(weight, seed,
-                            make_noise_args("block_noise", weight, seed, p, block_size, offset, rescale, noise,
-                                            centroids, scale, zero_point, quant_min, quant_max));
+                            const std::optional<at::Tensor>& zero_point, int64_t quant_min, int64_t quant_max,
+                            const std::optional<at::Tensor>& rows) {
+  const NoiseArgs args = make_noise_args("block_noise", weight, seed, p, block_size, offset, rescale, noise, centroids,
+                                         scale, zero_point, quant_min, quant_max);
+  return noised_weight_cuda(weight, seed, args, checked_noise_rows("block_noise", rows, weight));
+}
+
+at::Tensor block_noise_backward_cuda(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& seed, double p,
+                                     int64_t block_size, int64_t offset, bool rescale, bool straight_through,
+                                     c10::string_view noise, const std::optional<at::Tensor>& centroids,
+                                     const std::optional<at::Tensor>& scale,
+                                     const std::optional<at::Tensor>& zero_point, int64_t quant_min, int64_t quant_max,
+                                     const std::optional<at::Tensor>& rows) {
+  const NoiseArgs args = make_noise_args("block_noise_backward", weight, seed, p, block_size, offset, rescale, noise,
+                                         centroids, scale, zero_point, quant_min, quant_max);
+  check_noise_grad_args(grad, weight);
+  const at::Tensor r = checked_noise_rows("block_noise_backward", rows, weight);
+  const c10::cuda::CUDAGuard guard(weight.device());
+  const at::Tensor w = weight.contiguous(), g = grad.contiguous();
+  at::Tensor out = at::empty_like(w, at::MemoryFormat::Contiguous);
+  if (w.numel() == 0) return out;
+  const int64_t* seed_on_device = seed.device().is_cpu() ? nullptr : seed.const_data_ptr<int64_t>();
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "block_noise_backward_cuda", [&] {
+    with_noise_kind<scalar_t, at::opmath_type<scalar_t>>(args, [&](const auto& kind) {
+      launch_block_noise_backward(g.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                                  out.mutable_data_ptr<scalar_t>(), w.numel(), block_size, w.numel() / w.size(0),
+                                  args.rng, seed_on_device, straight_through, kind, stream,
+                                  r.defined() ? r.const_data_ptr<int64_t>() : nullptr);
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
 }
 
 }  // namespace
 
-at::Tensor noised_weight_cuda(const at::Tensor& weight, const at::Tensor& seed, const NoiseArgs& args) {
+at::Tensor noised_weight_cuda(const at::Tensor& weight, const at::Tensor& seed, const NoiseArgs& args,
+                              const at::Tensor& rows) {
   const c10::cuda::CUDAGuard guard(weight.device());
   const at::Tensor w = weight.contiguous();
   at::Tensor out = at::empty_like(w, at::MemoryFormat::Contiguous);
@@ -38,13 +70,17 @@ at::Tensor noised_weight_cuda(const at::Tensor& weight, const at::Tensor& seed, 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "block_noise_cuda", [&] {
     with_noise_kind<scalar_t, at::opmath_type<scalar_t>>(args, [&](const auto& kind) {
       launch_block_noise(w.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), w.numel(), args.block_size,
-                         w.numel() / w.size(0), args.rng, seed_on_device, kind, stream);
+                         w.numel() / w.size(0), args.rng, seed_on_device, kind, stream,
+                         rows.defined() ? rows.const_data_ptr<int64_t>() : nullptr);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }
 
-TORCH_LIBRARY_IMPL(quantnoise, CUDA, m) { m.impl("block_noise", &block_noise_cuda); }
+TORCH_LIBRARY_IMPL(quantnoise, CUDA, m) {
+  m.impl("block_noise", &block_noise_cuda);
+  m.impl("block_noise_backward", &block_noise_backward_cuda);
+}
 
 }  // namespace quantnoise

@@ -84,6 +84,16 @@ void check_noisy_linear_backward_args(const at::Tensor& grad_output, const at::T
   check_matmul_operand(op, "grad_output", grad_output, weight, weight.size(0));
 }
 
+void check_noise_grad_args(const at::Tensor& grad, const at::Tensor& weight) {
+  constexpr std::string_view op = "block_noise_backward";
+  QN_CHECK_VALUE(grad.sizes() == weight.sizes(), op, "grad must have weight's shape ", weight.sizes(), ", got ",
+                 grad.sizes());
+  QN_CHECK_TYPE(grad.scalar_type() == weight.scalar_type(), op, "grad must have weight's dtype ", weight.scalar_type(),
+                ", got ", grad.scalar_type());
+  QN_CHECK_VALUE(grad.device() == weight.device(), op, "grad must be on weight's device ", weight.device(), ", got ",
+                 grad.device());
+}
+
 }  // namespace quantnoise
 
 namespace quantnoise {

@@ -77,6 +77,7 @@ NoiseArgs make_noise_args(std::string_view op, const at::Tensor& weight, const a
   if (zero_point.has_value()) args.zero_point = zero_point->contiguous();
   args.quant_min = quant_min;
   args.quant_max = quant_max;
+  if (weight.device().is_cpu()) args.isa = cpu_isa();  // here, outside any parallel region
   return args;
 }
 

@@ -20,6 +20,7 @@ __all__ = [
     "check_noise_args",
     "check_noisy_linear_args",
     "check_noisy_linear_backward_args",
+    "check_noise_rows",
 ]
 
 
@@ -200,3 +201,18 @@ def check_noisy_linear_backward_args(grad_output: Tensor, weight: Tensor) -> Non
     op = "noisy_linear_backward_input"
     _check_linear_weight(op, weight)
     _check_matmul_operand(op, "grad_output", grad_output, weight, weight.shape[0])
+
+
+def check_noise_rows(op: str, weight: Tensor, rows: Tensor) -> None:
+    """``rows`` of block_noise(_backward): int64 ``[weight.shape[0]]`` on weight's device (values >= 0: the kernel)."""
+    _type(rows.dtype == torch.int64, op, lambda: f"rows must be an int64 tensor, got dtype {_name(rows.dtype)}")
+    _value(
+        rows.dim() == 1 and rows.shape[0] == weight.shape[0],
+        op,
+        lambda: (
+            f"rows must have shape [{weight.shape[0]}] (one index per row of weight), got shape {_shape(rows.shape)}"
+        ),
+    )
+    _value(
+        rows.device == weight.device, op, lambda: f"rows must be on weight's device {weight.device}, got {rows.device}"
+    )

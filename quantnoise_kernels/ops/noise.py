@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .._blocks import SEED_HIGH
 from ._args import bool_arg, float_arg, int_arg, seed_arg
-from ._noise_checks import check_noise_args
+from ._noise_checks import check_noise_args, check_noise_rows
 
 __all__ = ["draw_seed", "block_noise", "noise_backward", "NoiseSpec"]
 
@@ -47,6 +47,7 @@ class NoiseSpec:
     zero_point: Tensor | None = None
     quant_min: int = 0
     quant_max: int = 255
+    rows: Tensor | None = None  # block_noise(_backward) only: the weight rows' indices in the whole weight
 
     @classmethod
     def of(
@@ -83,7 +84,7 @@ class NoiseSpec:
         head = (seed, self.p, self.block_size, self.offset, self.rescale)
         st = (self.straight_through,) if straight_through else ()
         kind = (self.noise, self.centroids, self.scale, self.zero_point, self.quant_min, self.quant_max)
-        return head + st + kind
+        return head + st + kind + (() if self.rows is None else (self.rows,))
 
     @property
     def drop_scale(self) -> float:
@@ -118,6 +119,7 @@ def block_noise(
     zero_point: Tensor | None = None,
     quant_min: int = 0,
     quant_max: int = 255,
+    rows: Tensor | None = None,
 ) -> Tensor:
     """Fused Quant-Noise on the blocks of ``weight`` (one pass, no mask tensor; DESIGN §3.1).
 
@@ -142,6 +144,10 @@ def block_noise(
         scale, zero_point: ``noise="fake_quant"``: float32 / int32, ``[1]`` (per tensor) or ``[out]``
             (per output channel, dim 0 of ``weight.reshape(out, -1)``); value ``(q - zero_point) * scale``.
         quant_min, quant_max: ``noise="fake_quant"``: the integer grid, 2 to 8 bits (e.g. 0, 255).
+        rows: int64 ``[weight.shape[0]]``: ``weight`` holds rows ``rows`` of a larger weight (same row length),
+            whose mask it gets: block ``j`` of row ``i`` is keyed as block ``j`` of row ``rows[i]``, so noising
+            looked-up rows equals looking up in the noised whole table (the row-only noise of ``nn.Embedding``).
+            Per-channel ``scale``/``zero_point`` are ``weight``'s rows' (gathered by the caller).
 
     Returns:
         A new contiguous tensor of ``weight``'s shape and dtype.
@@ -162,6 +168,7 @@ def block_noise(
         zero_point=zero_point,
         quant_min=quant_min,
         quant_max=quant_max,
+        rows=rows,
     )
     return torch.ops.quantnoise.block_noise.default(weight, *spec.schema_args(seed_arg("block_noise", seed)))
 
@@ -170,6 +177,8 @@ def _check_spec(op: str, weight: Tensor, seed: Tensor, spec: NoiseSpec) -> None:
     """The fake kernels' mirror of ``make_noise_args`` (csrc/host/noise_host.cpp)."""
     check_noise_args(op, weight, seed, spec.p, spec.block_size, spec.rescale, spec.noise, spec.centroids,
                      spec.scale, spec.zero_point, spec.quant_min, spec.quant_max)  # fmt: skip
+    if spec.rows is not None:
+        check_noise_rows(op, weight, spec.rows)
 
 
 # The fakes take the schema's arguments positionally; the noise arguments follow (weight, seed) as NoiseSpec's.
@@ -183,22 +192,25 @@ def noise_backward(grad: Tensor, weight: Tensor, seed: Tensor, spec: NoiseSpec) 
     """The gradient of ``weight`` given ``grad`` (``weight``'s shape), the gradient of the noised weight.
 
     Straight-through (the paper's ``W + stopgrad(mask * (phi(W) - W))``): ``grad`` times the ``drop`` rescale
-    factor; ``straight_through=False``: 0 on noised blocks (the ``drop`` forward on ``grad``, same mask). For
-    ``fake_quant`` also 0 where the weight lies outside the grid's range (the clamp's gradient).
+    factor; ``straight_through=False``: 0 on noised blocks (the forward's mask, redrawn from the seed). For
+    ``fake_quant`` also 0 where the weight lies outside the grid's range (the clamp's gradient). One pass
+    (the ``block_noise_backward`` kernel); :func:`quantnoise_kernels.reference.block_noise_backward` is its
+    plain-PyTorch reference.
     """
-    if spec.straight_through:
-        g = grad * spec.drop_scale if spec.drop_scale != 1.0 else grad
-    else:
-        rescale = spec.drop_scale != 1.0
-        args = (seed, spec.p, spec.block_size, spec.offset, rescale, False, "drop")
-        g = torch.ops.quantnoise.block_noise.default(grad.contiguous(), *args).view(grad.shape)
-    if spec.noise != "fake_quant":
-        return g
-    lo, hi = spec.grid_bounds()
-    w = weight.flatten(1).to(torch.float32)
-    inside = (w >= lo) & (w <= hi)
-    zero = torch.zeros((), dtype=g.dtype, device=g.device)
-    return torch.where(inside, g.reshape(inside.shape), zero).view(grad.shape)
+    if grad.layout != torch.strided:  # a sparse embedding's gradient, looked up in the noised weight
+        grad = grad.to_dense()
+    return torch.ops.quantnoise.block_noise_backward.default(grad, weight, *spec.schema_args(seed))
+
+
+@torch.library.register_fake("quantnoise::block_noise_backward")
+def _block_noise_backward_fake(grad, weight, seed, *noise):
+    _check_spec("block_noise_backward", weight, seed, _spec(noise))
+    if grad.shape != weight.shape or grad.dtype != weight.dtype:
+        raise ValueError(
+            f"quantnoise::block_noise_backward: grad must have weight's shape {tuple(weight.shape)} and dtype "
+            f"{weight.dtype}, got {tuple(grad.shape)} {grad.dtype}"
+        )
+    return torch.empty_like(weight, memory_format=torch.contiguous_format)
 
 
 def _block_noise_setup_context(ctx, inputs, output):
@@ -209,9 +221,28 @@ def _block_noise_setup_context(ctx, inputs, output):
 
 def _block_noise_backward(ctx, grad: Tensor):
     weight, seed = ctx.saved_tensors
-    return (noise_backward(grad, weight, seed, ctx.spec),) + (None,) * 12
+    return (noise_backward(grad, weight, seed, ctx.spec),) + (None,) * 13
 
 
 torch.library.register_autograd(
     "quantnoise::block_noise", _block_noise_backward, setup_context=_block_noise_setup_context
+)
+
+
+def _block_noise_backward_setup_context(ctx, inputs, output):
+    _grad, weight, seed, *rest = inputs
+    ctx.save_for_backward(weight, seed)
+    ctx.spec = _spec(tuple(rest))
+
+
+def _block_noise_backward_backward(ctx, grad_grad: Tensor):
+    # Linear in grad, piecewise constant in weight (the clamp mask): the same op on grad_grad.
+    weight, seed = ctx.saved_tensors
+    return (noise_backward(grad_grad, weight, seed, ctx.spec),) + (None,) * 14
+
+
+torch.library.register_autograd(
+    "quantnoise::block_noise_backward",
+    _block_noise_backward_backward,
+    setup_context=_block_noise_backward_setup_context,
 )

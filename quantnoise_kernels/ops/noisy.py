@@ -105,7 +105,7 @@ def _noisy_linear_backward(ctx, grad: Tensor):
         if spec.straight_through and spec.noise != "fake_quant":  # scale the small gradient, not the product
             grad_weight = (g * spec.drop_scale if spec.drop_scale != 1.0 else g).t().mm(x)
         else:
-            grad_weight = noise_backward(g.t().mm(x), weight, seed, spec)
+            grad_weight = noise_backward(g.t().mm(x).view(weight.shape), weight, seed, spec)
     if ctx.needs_input_grad[2]:
         grad_bias = g.sum(0)
     return (grad_input, grad_weight, grad_bias) + (None,) * 12

@@ -42,6 +42,8 @@ void check_block_noise_args(const at::Tensor& weight, const at::Tensor& seed, do
 // None (the noise arguments: make_noise_args).
 void check_noisy_linear_args(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias);
 void check_noisy_linear_backward_args(const at::Tensor& grad_output, const at::Tensor& weight);
+// block_noise_backward: grad has weight's shape, dtype and device.
+void check_noise_grad_args(const at::Tensor& grad, const at::Tensor& weight);
 
 // block_noise's codebook: for noise='centroid', centroids [K, block_size] (K > 0) with weight's
 // dtype and device; any other noise kind takes no centroids.

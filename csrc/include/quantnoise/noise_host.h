@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "quantnoise/blocks.h"
+#include "quantnoise/cpu_features.h"
 #include "quantnoise/noise_kinds.h"
 
 namespace quantnoise {
@@ -23,6 +24,7 @@ struct NoiseArgs {
   at::Tensor scale;       // fake_quant: float32 [1] or [out], contiguous
   at::Tensor zero_point;  // fake_quant: int32, scale's shape, contiguous
   int64_t quant_min, quant_max;
+  CpuIsa isa = CpuIsa::kPortable;  // CPU kernels: the path (cpu_isa(), read once per op call)
 };
 
 // Checks every noise argument of `op` on `weight` (messages "quantnoise::<op>: <arg> must ...,

@@ -7,8 +7,10 @@
 //   fake_quant   Q(w) on the int-N grid         clamp(w, lo, hi)
 //   centroid     nearest row of the codebook    w
 //
-// The gradients (straight-through; fake_quant: times the clamp mask lo <= w <= hi) are the
-// autograd formulas of quantnoise_kernels/ops/noise.py. Kinds may read per-row parameters
+// The gradients come from the same Row: grad(g, w) is the straight-through gradient of an entry
+// (drop: s * g; fake_quant: g inside the clamp range lo <= w <= hi, else 0; centroid: g); the
+// dropout-style backward (straight_through=False) is 0 on noised blocks and grad(g, w) elsewhere
+// (noise_grad below, the block_noise_backward op). Kinds may read per-row parameters
 // (fake_quant: per-output-channel scales): the loops call kind.row(r) when they enter row r of
 // weight.reshape(out, -1) and use the returned Row for the row's blocks. An element-wise kind's
 // Row has noised(w) and kept(w); a block kind (centroid) has noise_block(src, dst, n) instead.
@@ -51,6 +53,10 @@ struct DropNoise {
     QN_INLINE T kept(T w) const {
       return static_cast<T>(s * static_cast<opmath_t>(w));
     }
+    template <typename T>
+    QN_INLINE T grad(T g, T) const {
+      return static_cast<T>(s * static_cast<opmath_t>(g));
+    }
   };
   static constexpr bool kElementwise = true;
   QN_INLINE Row row(int64_t) const { return Row{s}; }
@@ -80,6 +86,11 @@ struct FakeQuantNoise {
     QN_INLINE T kept(T w) const {
       const opmath_t v = static_cast<opmath_t>(w);
       return static_cast<T>(v < lo ? lo : (v > hi ? hi : v));
+    }
+    template <typename T>
+    QN_INLINE T grad(T g, T w) const {  // the clamp's gradient: 0 (not 0 * g) outside [lo, hi]
+      const opmath_t v = static_cast<opmath_t>(w);
+      return v >= lo && v <= hi ? g : T(0);
     }
   };
   static constexpr bool kElementwise = true;
@@ -111,6 +122,10 @@ struct CentroidNoise {
     QN_INLINE T kept(T w) const {
       return w;
     }
+    template <typename T>
+    QN_INLINE T grad(T g, T) const {
+      return g;
+    }
   };
   static constexpr bool kElementwise = false;
   QN_INLINE Row row(int64_t) const { return Row{C, K}; }
@@ -132,6 +147,13 @@ QN_INLINE void noise_block(const Row& row, const scalar_t* src, scalar_t* dst, i
       for (int64_t i = 0; i < n; ++i) dst[i] = row.kept(src[i]);
     }
   }
+}
+
+// The backward of one entry of any kind: the gradient of the weight entry w given g, the gradient
+// of its noised value (0 on a noised block for the dropout-style backward).
+template <typename Row, typename T>
+QN_INLINE T noise_grad(const Row& row, T g, T w, bool noised, bool straight_through) {
+  return !straight_through && noised ? T(0) : row.grad(g, w);
 }
 
 }  // namespace quantnoise
