@@ -49,6 +49,34 @@ def _fake_quant_cases() -> list[tuple[str, Callable[[str], object]]]:
     return cases
 
 
+def _block_noise_backward_cases() -> list[tuple[str, Callable[[str], object]]]:
+    """The weight gradient of every kind, straight-through or not, host and device seeds, rows."""
+
+    def run(g, w, seed, bs, st, noise="drop", grid=None, rows=None, device_seed=False):
+        def call(d):
+            grid_args = [t.to(d) for t in (grid["scale"], grid["zero_point"])] + [0, 255] if grid else []
+            s = seed.to(d) if device_seed else seed
+            r = rows.to(d) if rows is not None else None
+            return torch.ops.quantnoise.block_noise_backward.default(
+                g.to(d), w.to(d), s, 0.3, bs, 3, True, st, noise, None, *grid_args, rows=r
+            )
+
+        return call
+
+    cases = []
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        w, g = torch.randn(67, 24, dtype=dtype), torch.randn(67, 24, dtype=dtype)
+        seed = torch.tensor(int(torch.randint(0, 2**62, ())))
+        grid = _fake_quant_grid(w, per_channel=True)
+        for st in (True, False):
+            cases.append((f"drop {dtype} st={st}", run(g, w, seed, 8, st)))
+            cases.append((f"drop {dtype} device seed st={st}", run(g, w, seed, 8, st, device_seed=True)))
+            cases.append((f"fake_quant {dtype} st={st}", run(g, w, seed, 1, st, "fake_quant", grid)))
+    w, g, rows = torch.randn(5, 16), torch.randn(5, 16), torch.tensor([3, 49, 0, 3, 17])
+    cases.append(("rows", run(g, w, torch.tensor(11), 4, False, rows=rows)))
+    return cases
+
+
 def _noisy_linear_cases() -> list[tuple[str, Callable[[str], object]]]:
     x, w, b = torch.randn(5, 7, 64), torch.randn(48, 64), torch.randn(48)
     kw = _fake_quant_grid(w, True)
@@ -205,6 +233,7 @@ def _pq_cases(op: str):
 # op name -> cases; each case maps a device to the op's output(s) on inputs built once on the CPU.
 CASES: dict[str, Callable[[], list[tuple[str, Callable[[str], object]]]]] = {
     "block_noise": lambda: _block_noise_cases() + _fake_quant_cases(),
+    "block_noise_backward": _block_noise_backward_cases,
     "noisy_linear": _noisy_linear_cases,
     "noisy_linear_backward_input": _noisy_linear_backward_input_cases,
     "kmeans_assign": _kmeans_assign_cases,
@@ -223,6 +252,7 @@ CASES: dict[str, Callable[[], list[tuple[str, Callable[[str], object]]]]] = {
 # How close each op must be: block noise is bit-identical; reductions may differ in summation order.
 TOLERANCE: dict[str, dict] = {
     "block_noise": {"rtol": 0, "atol": 0},
+    "block_noise_backward": {"rtol": 0, "atol": 0},  # element-wise, the same mask and clamp
     "kmeans_assign": {"rtol": 1e-5, "atol": 1e-5},  # codes exact (ints); distances up to rounding
     "kmeans_update": {"rtol": 1e-5, "atol": 1e-5},  # float atomics sum in arrival order
     "kmeans_assign_weighted": {"rtol": 0, "atol": 0},  # the same fmaf chains on both devices

@@ -20,7 +20,7 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #define QN_X86 1
 // Function attributes of the SIMD code of each path. Keep them in step with the probe in
-// cpu/cpu_features.cpp: the path runs only where the CPU has every feature named here.
+// host/cpu_features.cpp: the path runs only where the CPU has every feature named here.
 #define QN_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #define QN_TARGET_AVX512 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl")))
 #endif
