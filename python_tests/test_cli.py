@@ -85,6 +85,31 @@ def test_compress_with_block_output_distillation(files, tmp_path, capsys):
     assert printed.count("centroid finetuning 2 steps") == 3 and out.is_file()
 
 
+def test_compress_activation_aware(files, tmp_path, capsys):
+    """--activation-aware weights k-means by the calibration sentences' second moments: other codes than
+    plain EM for the same seed, and the same model for the same run twice (deterministic)."""
+    import torch
+
+    from quantnoise_kernels import hf, pq
+
+    def loaded(name, *extra):
+        out = tmp_path / f"{name}.qnk"
+        assert _compress(files, out, "--calibration", files["sentences"], "--finetune-steps", "0", *extra) == 0
+        model = hf.load_encoder(files["model"])[0]
+        assert len(pq.load_compressed(model, str(out))) == 13
+        return model.state_dict()
+
+    plain, aa, again = (
+        loaded("plain"),
+        loaded("aa", "--activation-aware", "diag"),
+        loaded("aa2", "--activation-aware", "diag"),
+    )
+    assert plain.keys() == aa.keys() == again.keys()
+    assert all(torch.equal(aa[k], again[k]) for k in aa)
+    assert any(not torch.equal(aa[k], plain[k]) for k in aa if k.endswith("codes"))
+    capsys.readouterr()
+
+
 def test_compressed_file_reloads_exactly(files, tmp_path):
     import copy
 
@@ -116,6 +141,7 @@ def test_compressed_file_reloads_exactly(files, tmp_path):
         "out_folder_missing",
         "out_is_folder",
         "bad_yaml_value",
+        "aa_without_calibration",
     ],
 )
 def test_bad_input_one_line_error(files, tmp_path, capsys, case):
@@ -139,8 +165,9 @@ def test_bad_input_one_line_error(files, tmp_path, capsys, case):
         out = tmp_path / "missing" / "out.qnk"
     elif case == "out_is_folder":
         out = tmp_path
+    extra = ["--activation-aware", "full"] if case == "aa_without_calibration" else []
     before = sorted(os.listdir(tmp_path))
-    assert cli.main(["compress", model, "--config", str(config), "--out", str(out), "--no-progress"]) == 1
+    assert cli.main(["compress", model, "--config", str(config), "--out", str(out), "--no-progress", *extra]) == 1
     line = _error_line(capsys)
     expected = {
         "missing_model": "does not exist",
@@ -151,6 +178,7 @@ def test_bad_input_one_line_error(files, tmp_path, capsys, case):
         "out_folder_missing": "does not exist",
         "out_is_folder": "is a folder",
         "bad_yaml_value": "positive integer",
+        "aa_without_calibration": "--activation-aware full needs --calibration",
     }[case]
     assert expected in line
     assert sorted(os.listdir(tmp_path)) == before  # nothing written

@@ -159,6 +159,11 @@ def test_bad_input_names_h_and_value():
         ops.kmeans_assign_weighted(x, c, -torch.ones(2, 3, 5))
     with pytest.raises(TypeError, match="h must be float32, got dtype Double"):
         ops.kmeans_assign_weighted(x, c, h.double())
+    # the checks shared with the plain ops name the weighted op
+    with pytest.raises(ValueError, match="kmeans_assign_weighted: centroids must have x's dimension D=5"):
+        ops.kmeans_assign_weighted(x, c[..., :4], h)
+    with pytest.raises(TypeError, match="kmeans_update_weighted: codes must be int64"):
+        ops.kmeans_update_weighted(x, torch.zeros(2, 120, dtype=torch.int32), h, 17)
     with pytest.raises(ValueError, match="kmeans: h must be"):
         kmeans(x[0], 4, h=h)
     with pytest.raises(ValueError, match="kmeans: h must be positive semi-definite, got an eigenvalue -1"):

@@ -1,16 +1,19 @@
 """``quantnoise-kernels``: compress a Hugging Face model folder with iPQ, and evaluate the result.
 
     quantnoise-kernels compress MODEL_DIR --config CONFIG.yaml --out FILE [--calibration SENTENCES.txt]
+        [--activation-aware full|diag]
     quantnoise-kernels evaluate MODEL_DIR FILE --sentences SENTENCES.txt
 
 ``compress`` loads the model offline (``transformers``, ``local_files_only``), checks the whole
 configuration against it (fairseq's YAML format, :func:`quantnoise_kernels.pq.load_config_yaml`), quantizes
 it stage by stage with progress, optionally finetunes the centroids after each stage by distillation from
 the uncompressed model on calibration sentences (:func:`quantnoise_kernels.pq.finetune_centroids`, MSE on
-mean-pooled sentence embeddings), prints the size report and writes a compact file
-(:func:`quantnoise_kernels.pq.save_compressed`) through a temporary file in the target folder, so an
-interrupted or failed run never leaves a half-written file. ``evaluate`` loads that file into a fresh copy
-of the model and compares sentence embeddings with the original's. Errors are one line on stderr, exit 1.
+mean-pooled sentence embeddings) and, with ``--activation-aware``, clusters each layer's weight blocks to
+preserve its outputs on those sentences (activation-aware iPQ, ``quantize_model_(..., calibration=)``),
+prints the size report and writes a compact file (:func:`quantnoise_kernels.pq.save_compressed`) through a
+temporary file in the target folder, so an interrupted or failed run never leaves a half-written file.
+``evaluate`` loads that file into a fresh copy of the model and compares sentence embeddings with the
+original's. Errors are one line on stderr, exit 1.
 """
 
 from __future__ import annotations
@@ -118,16 +121,21 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from .hf import load_encoder
     from .pq import SizeTracker, compress_staged, plan_stages
 
+    if args.activation_aware != "off" and not args.calibration:
+        raise CLIError(f"--activation-aware {args.activation_aware} needs --calibration SENTENCES.txt")
     config = _load_config(args.config)
     _output_dir(args.out)
     model, tokenizer = load_encoder(args.model_dir, progress=args.progress)
     plan = plan_stages(model, config)
     for stage, layers in enumerate(plan):
         print(f"stage {stage}: {len(layers)} layers ({config['layers_to_quantize'][stage]})")
-    after_stage = None
-    if args.calibration and args.finetune_steps > 0:
+    after_stage, quantize_kwargs = None, {}
+    if args.calibration:
         batches = _batches(args, tokenizer, args.calibration, "--calibration")
-        after_stage = _finetuner(args, copy.deepcopy(model).eval(), batches)
+        if args.finetune_steps > 0:
+            after_stage = _finetuner(args, copy.deepcopy(model).eval(), batches)
+        if args.activation_aware != "off":  # issue 10: k-means weighted by each layer's input second moments
+            quantize_kwargs = {"calibration": batches, "calibration_h": args.activation_aware}
     tracker = SizeTracker(model)
     compress_staged(
         model,
@@ -138,6 +146,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         centroid_dtype=getattr(torch, args.centroid_dtype),
         after_stage=after_stage,
         progress=args.progress,
+        quantize_kwargs=quantize_kwargs,
     )
     print(tracker)
     size = atomic_save(model, args.out)
@@ -198,7 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model_dir", metavar="MODEL_DIR", help="Hugging Face model folder (config.json, weights)")
     c.add_argument("--config", required=True, help="iPQ configuration in fairseq's YAML format")
     c.add_argument("--out", required=True, help="compressed file to write")
-    c.add_argument("--calibration", help="text file, one sentence per line, for centroid finetuning")
+    c.add_argument(
+        "--calibration", help="text file, one sentence per line: centroid finetuning and activation-aware iPQ"
+    )
+    c.add_argument(
+        "--activation-aware",
+        choices=["off", "full", "diag"],
+        default="off",
+        help="activation-aware iPQ on the --calibration sentences: full or diagonal H per block (default off)",
+    )
     c.add_argument("--finetune-steps", type=int, default=100, help="distillation steps after each stage")
     c.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate for the centroids")
     c.add_argument(

@@ -163,8 +163,7 @@ at::Tensor block_noise_backward_cpu(const at::Tensor& grad,    // weight's shape
                                     const std::optional<at::Tensor>& rows) {
   const NoiseArgs args = make_noise_args("block_noise_backward", weight, seed, p, block_size, offset, rescale, noise,
                                          centroids, scale, zero_point, quant_min, quant_max);
-  check_noise_grad_args(grad, weight);
-  const at::Tensor r = checked_noise_rows("block_noise_backward", rows, weight);
+  const at::Tensor r = check_noise_grad_args(grad, weight, rows);
   const at::Tensor w = weight.contiguous(), g = grad.contiguous();
   at::Tensor out = empty_cpu_output(w.sizes(), w.options());
   if (w.numel() == 0) return out;

@@ -622,50 +622,40 @@ inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst
 inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 
 // ---- Atomics (std::atomic_ref: correct even if threads ever run concurrently) ----
-template <typename T>
-T atomicAdd(T* address, T val) {
-  return std::atomic_ref<T>(*address).fetch_add(val);
-}
-template <typename T>
-T atomicSub(T* address, T val) {
-  return std::atomic_ref<T>(*address).fetch_sub(val);
-}
-template <typename T>
-T atomicExch(T* address, T val) {
-  return std::atomic_ref<T>(*address).exchange(val);
-}
+#define QN_EMU_ATOMIC_RMW(name, method)              \
+  template <typename T>                              \
+  T name(T* address, T val) {                        \
+    return std::atomic_ref<T>(*address).method(val); \
+  }
+QN_EMU_ATOMIC_RMW(atomicAdd, fetch_add)
+QN_EMU_ATOMIC_RMW(atomicSub, fetch_sub)
+QN_EMU_ATOMIC_RMW(atomicExch, exchange)
+QN_EMU_ATOMIC_RMW(atomicAnd, fetch_and)
+QN_EMU_ATOMIC_RMW(atomicOr, fetch_or)
+QN_EMU_ATOMIC_RMW(atomicXor, fetch_xor)
+#undef QN_EMU_ATOMIC_RMW
+
 template <typename T>
 T atomicCAS(T* address, T compare, T val) {
   std::atomic_ref<T>(*address).compare_exchange_strong(compare, val);
   return compare;  // the old value, whether or not the swap happened
 }
-template <typename T>
-T atomicMax(T* address, T val) {
+// atomicMax / atomicMin: store val while it beats what is there; returns the old value.
+template <typename T, typename Beats>
+T atomic_store_if_beats(T* address, T val, Beats beats) {
   std::atomic_ref<T> ref(*address);
   T old = ref.load();
-  while (old < val && !ref.compare_exchange_weak(old, val)) {
+  while (beats(val, old) && !ref.compare_exchange_weak(old, val)) {
   }
   return old;
+}
+template <typename T>
+T atomicMax(T* address, T val) {
+  return atomic_store_if_beats(address, val, [](T v, T old) { return old < v; });
 }
 template <typename T>
 T atomicMin(T* address, T val) {
-  std::atomic_ref<T> ref(*address);
-  T old = ref.load();
-  while (val < old && !ref.compare_exchange_weak(old, val)) {
-  }
-  return old;
-}
-template <typename T>
-T atomicAnd(T* address, T val) {
-  return std::atomic_ref<T>(*address).fetch_and(val);
-}
-template <typename T>
-T atomicOr(T* address, T val) {
-  return std::atomic_ref<T>(*address).fetch_or(val);
-}
-template <typename T>
-T atomicXor(T* address, T val) {
-  return std::atomic_ref<T>(*address).fetch_xor(val);
+  return atomic_store_if_beats(address, val, [](T v, T old) { return v < old; });
 }
 
 // ---- A few device intrinsics kernels commonly use ----

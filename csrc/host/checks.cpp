@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "quantnoise/kmeanspp.h"
+#include "quantnoise/noise_rows.h"
 
 namespace quantnoise {
 
@@ -84,7 +85,8 @@ void check_noisy_linear_backward_args(const at::Tensor& grad_output, const at::T
   check_matmul_operand(op, "grad_output", grad_output, weight, weight.size(0));
 }
 
-void check_noise_grad_args(const at::Tensor& grad, const at::Tensor& weight) {
+at::Tensor check_noise_grad_args(const at::Tensor& grad, const at::Tensor& weight,
+                                 const std::optional<at::Tensor>& rows) {
   constexpr std::string_view op = "block_noise_backward";
   QN_CHECK_VALUE(grad.sizes() == weight.sizes(), op, "grad must have weight's shape ", weight.sizes(), ", got ",
                  grad.sizes());
@@ -92,6 +94,7 @@ void check_noise_grad_args(const at::Tensor& grad, const at::Tensor& weight) {
                 ", got ", grad.scalar_type());
   QN_CHECK_VALUE(grad.device() == weight.device(), op, "grad must be on weight's device ", weight.device(), ", got ",
                  grad.device());
+  return checked_noise_rows(op, rows, weight);
 }
 
 }  // namespace quantnoise
@@ -116,8 +119,7 @@ void check_same_device(std::string_view op, const char* ref_name, const at::Tens
 }
 }  // namespace
 
-void check_kmeans_assign_args(const at::Tensor& x, const at::Tensor& centroids) {
-  constexpr std::string_view op = "kmeans_assign";
+void check_kmeans_assign_args(const at::Tensor& x, const at::Tensor& centroids, std::string_view op) {
   QN_CHECK_TYPE(is_kmeans_float(x.scalar_type()), op, "x must be float32, float16 or bfloat16, got dtype ",
                 x.scalar_type());
   QN_CHECK_TYPE(is_kmeans_float(centroids.scalar_type()), op,
@@ -134,8 +136,7 @@ void check_kmeans_assign_args(const at::Tensor& x, const at::Tensor& centroids) 
                  centroids.device());
 }
 
-void check_kmeans_update_args(const at::Tensor& x, const at::Tensor& codes, int64_t n_centroids) {
-  constexpr std::string_view op = "kmeans_update";
+void check_kmeans_update_args(const at::Tensor& x, const at::Tensor& codes, int64_t n_centroids, std::string_view op) {
   QN_CHECK_TYPE(is_kmeans_float(x.scalar_type()), op, "x must be float32, float16 or bfloat16, got dtype ",
                 x.scalar_type());
   QN_CHECK_TYPE(codes.scalar_type() == at::kLong, op, "codes must be int64, got dtype ", codes.scalar_type());
@@ -216,14 +217,16 @@ KMeansWeightedShape check_kmeans_h(std::string_view op, const at::Tensor& x, con
 
 KMeansWeightedShape check_kmeans_assign_weighted_args(const at::Tensor& x, const at::Tensor& centroids,
                                                       const at::Tensor& h) {
-  check_kmeans_assign_args(x, centroids);
-  return check_kmeans_h("kmeans_assign_weighted", x, h);
+  constexpr std::string_view op = "kmeans_assign_weighted";
+  check_kmeans_assign_args(x, centroids, op);
+  return check_kmeans_h(op, x, h);
 }
 
 KMeansWeightedShape check_kmeans_update_weighted_args(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& h,
                                                       int64_t n_centroids) {
-  check_kmeans_update_args(x, codes, n_centroids);
-  return check_kmeans_h("kmeans_update_weighted", x, h);
+  constexpr std::string_view op = "kmeans_update_weighted";
+  check_kmeans_update_args(x, codes, n_centroids, op);
+  return check_kmeans_h(op, x, h);
 }
 
 void check_kmeanspp_init_args(const at::Tensor& x, const at::Tensor& first, const at::Tensor& uniforms) {

@@ -73,8 +73,8 @@ def _check_kmeans_x(op: str, x: Tensor) -> None:
     _type(x.dtype in _KMEANS_FLOATS, op, lambda: f"x must be float32, float16 or bfloat16, got dtype {_name(x.dtype)}")
 
 
-def check_kmeans_assign_args(x: Tensor, centroids: Tensor) -> None:
-    op, c = "kmeans_assign", centroids
+def check_kmeans_assign_args(x: Tensor, centroids: Tensor, op: str = "kmeans_assign") -> None:
+    c = centroids
     _check_kmeans_x(op, x)
     _type(
         c.dtype in _KMEANS_FLOATS,
@@ -101,8 +101,7 @@ def check_kmeans_assign_args(x: Tensor, centroids: Tensor) -> None:
     _value(x.device == c.device, op, lambda: f"centroids must be on x's device {x.device}, got {c.device}")
 
 
-def check_kmeans_update_args(x: Tensor, codes: Tensor, n_centroids: int) -> None:
-    op = "kmeans_update"
+def check_kmeans_update_args(x: Tensor, codes: Tensor, n_centroids: int, op: str = "kmeans_update") -> None:
     _check_kmeans_x(op, x)
     _type(codes.dtype == torch.int64, op, lambda: f"codes must be int64, got dtype {_name(codes.dtype)}")
     _value(x.dim() == 3, op, lambda: f"x must have 3 dimensions [B, N, D], got shape {_shape(x.shape)}")

@@ -98,7 +98,7 @@ def kmeans_update_weighted(x: Tensor, codes: Tensor, h: Tensor, n_centroids: int
 
 @torch.library.register_fake("quantnoise::kmeans_assign_weighted")
 def _kmeans_assign_weighted_fake(x, centroids, h):
-    check_kmeans_assign_args(x, centroids)
+    check_kmeans_assign_args(x, centroids, "kmeans_assign_weighted")
     _check_h("kmeans_assign_weighted", x, h)
     batch, n = x.shape[0], x.shape[1]
     return x.new_empty((batch, n), dtype=torch.int64), x.new_empty((batch, n), dtype=torch.float32)
@@ -106,7 +106,7 @@ def _kmeans_assign_weighted_fake(x, centroids, h):
 
 @torch.library.register_fake("quantnoise::kmeans_update_weighted")
 def _kmeans_update_weighted_fake(x, codes, h, n_centroids):
-    check_kmeans_update_args(x, codes, n_centroids)
+    check_kmeans_update_args(x, codes, n_centroids, "kmeans_update_weighted")
     _check_h("kmeans_update_weighted", x, h)
     batch, dim = x.shape[0], x.shape[2]
     stat = (batch, n_centroids, dim)

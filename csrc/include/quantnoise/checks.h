@@ -42,8 +42,10 @@ void check_block_noise_args(const at::Tensor& weight, const at::Tensor& seed, do
 // None (the noise arguments: make_noise_args).
 void check_noisy_linear_args(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias);
 void check_noisy_linear_backward_args(const at::Tensor& grad_output, const at::Tensor& weight);
-// block_noise_backward: grad has weight's shape, dtype and device.
-void check_noise_grad_args(const at::Tensor& grad, const at::Tensor& weight);
+// block_noise_backward: grad has weight's shape, dtype and device; returns `rows` checked
+// (checked_noise_rows, noise_rows.h).
+at::Tensor check_noise_grad_args(const at::Tensor& grad, const at::Tensor& weight,
+                                 const std::optional<at::Tensor>& rows);
 
 // block_noise's codebook: for noise='centroid', centroids [K, block_size] (K > 0) with weight's
 // dtype and device; any other noise kind takes no centroids.
@@ -89,8 +91,10 @@ namespace quantnoise {
 
 // kmeans_assign: x [B, N, D] and centroids [B, K, D] float32/float16/bfloat16 on one device,
 // 1 <= K <= kKMeansMaxCentroids. kmeans_update: codes [B, N] int64, 1 <= n_centroids <= max.
-void check_kmeans_assign_args(const at::Tensor& x, const at::Tensor& centroids);
-void check_kmeans_update_args(const at::Tensor& x, const at::Tensor& codes, int64_t n_centroids);
+// `op` names the op in the errors (the weighted ops pass theirs).
+void check_kmeans_assign_args(const at::Tensor& x, const at::Tensor& centroids, std::string_view op = "kmeans_assign");
+void check_kmeans_update_args(const at::Tensor& x, const at::Tensor& codes, int64_t n_centroids,
+                              std::string_view op = "kmeans_update");
 // k-means++ (rule: quantnoise/kmeanspp.h):
 // kmeanspp_init: x [B, N, D] float32/float16/bfloat16, finite, N >= 1 when B >= 1; first int64 [B]
 // in [0, N); uniforms float64 [B, K-1] in [0, 1) with K <= kKMeansMaxCentroids; one device.
