@@ -23,7 +23,7 @@ from .. import ops
 from .._blocks import check_block_size
 from .._modules import is_noise_wrapped
 from .functional import fake_quant_noise, fake_quant_noise_linear, kind_kwargs
-from .qparams import QParams, QParamsCache, QuantGrid, check_p
+from .qparams import QParams, QParamsCache, QParamsCacheViews, QuantGrid, check_p
 
 __all__ = ["IntLinear", "IntConv2d", "IntEmbedding", "IntModule"]
 
@@ -41,7 +41,7 @@ def _rebind(module: nn.Module, cls: type, drop: tuple[str, ...] = ()) -> nn.Modu
     return new
 
 
-class IntModule:
+class IntModule(QParamsCacheViews):
     """What the three layers share: the noise settings and the cached quantization parameters.
 
     Attributes (fairseq's names): ``p``, ``bits``, ``method``, ``update_step``, ``counter``,
@@ -59,12 +59,8 @@ class IntModule:
         self.block_size = block_size
         self._qcache = QParamsCache(QuantGrid(bits, method, symmetric), update_step)
 
-    # fairseq's attribute names, read-only views of the cache.
-    bits = property(lambda self: self._qcache.grid.bits)
-    method = property(lambda self: self._qcache.grid.method)
+    # fairseq's attribute names (bits, method, update_step, counter: QParamsCacheViews), read-only views of the cache.
     symmetric = property(lambda self: self._qcache.grid.symmetric)
-    update_step = property(lambda self: self._qcache.update_step)
-    counter = property(lambda self: self._qcache.counter)
     scale = property(lambda self: None if self._qcache.qparams is None else self._qcache.qparams.scale)
     zero_point = property(lambda self: None if self._qcache.qparams is None else self._qcache.qparams.zero_point)
 
