@@ -80,10 +80,11 @@ class NoiseSpec:
     rows: Tensor | None = None  # block_noise(_backward) only: the weight rows' indices in the whole weight
 
     @classmethod
-    def of(cls, op: str, p, block_size, *, rows: Tensor | None = None, **noise: Unpack[NoiseKwargs]) -> NoiseSpec:
-        """The wrapper arguments of ``op``, each checked (:mod:`._args`: no silent truncation of
-        ``block_size=4.5``, no truthiness of ``rescale="no"``); the tensors and the kind are checked by the
-        kernels. A keyword that is not a noise argument is refused as Python refuses it (``TypeError``)."""
+    def of(cls, op: str, p, block_size, noise: NoiseKwargs, rows: Tensor | None = None) -> NoiseSpec:
+        """The wrapper arguments of ``op`` (``noise``: its ``**noise`` keywords), each checked (:mod:`._args`: no
+        silent truncation of ``block_size=4.5``, no truthiness of ``rescale="no"``); the tensors and the kind are
+        checked by the kernels. A keyword that is not a noise argument is refused as Python refuses it
+        (``TypeError``)."""
         check_keywords(op, noise, _NOISE_KEYWORDS)
         p, block_size = float_arg(op, "p", p), int_arg(op, "block_size", block_size)
         checked = {name: check(op, name, noise[name]) for name, check in _SCALAR_CHECKS.items() if name in noise}
@@ -160,7 +161,7 @@ def block_noise(
     Raises:
         ValueError, TypeError: a bad argument, named with its value.
     """
-    spec = NoiseSpec.of("block_noise", p, block_size, rows=rows, **noise)
+    spec = NoiseSpec.of("block_noise", p, block_size, noise, rows)
     return torch.ops.quantnoise.block_noise.default(weight, *spec.schema_args(seed_arg("block_noise", seed)))
 
 

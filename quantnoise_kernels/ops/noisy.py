@@ -47,7 +47,7 @@ def noisy_linear(
     Returns:
         ``[..., out]``.
     """
-    spec = NoiseSpec.of("noisy_linear", p, block_size, **noise)
+    spec = NoiseSpec.of("noisy_linear", p, block_size, noise)
     args = spec.schema_args(seed_arg("noisy_linear", seed))
     return torch.ops.quantnoise.noisy_linear.default(input, weight, bias, *args)
 
