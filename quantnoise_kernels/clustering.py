@@ -19,6 +19,7 @@ from torch import Tensor
 from . import ops
 from ._blocks import MAX_CENTROIDS, SEED_HIGH
 from ._progress import show_info
+from .clustering_init import init_centroids
 
 __all__ = ["KMeansResult", "kmeans", "MAX_CENTROIDS"]
 
@@ -116,68 +117,6 @@ def _check_input(x: Tensor, n_centroids: int, n_iter: int, init: str, settings: 
         raise ValueError(f"kmeans: x must be finite, got {n_bad} NaN or infinite values")
 
 
-def _rows(x: Tensor, idx: Tensor, offset: int, comm: _Comm) -> Tensor:
-    """fp32 ``[B, M, D]``: rows ``idx [B, M]`` (global indices) of the vectors split over ranks."""
-    n_local = x.shape[1]
-    local = idx - offset
-    mine = (local >= 0) & (local < n_local)
-    rows = torch.gather(x, 1, local.clamp(0, max(n_local - 1, 0))[..., None].expand(-1, -1, x.shape[2]))
-    rows = torch.where(mine[..., None], rows.float(), torch.zeros((), device=x.device))
-    return comm.sum_(rows)
-
-
-def _init_kmeanspp(x: Tensor, k: int, n_total: int, offset: int, gen: torch.Generator, comm: _Comm) -> Tensor:
-    """k-means++ (D^2 sampling) of the B problems; every draw comes from ``gen`` on the CPU.
-
-    The first point is ``torch.randint(0, N, (B,), generator=gen)``, then one float64 uniform per
-    problem and step, ``torch.rand(K - 1, B, generator=gen)`` (the stream of K - 1 draws of B):
-    the draws the Python loop of earlier versions made, so a seed gives the same centroids except
-    where a uniform lands within float64 rounding of a boundary between two points. One process:
-    one fused op (``ops.kmeanspp_init``). Over ranks: one step per collective, the rule of
-    ``kmeanspp.h`` applied first to the ranks' totals, then inside the rank that holds the draw.
-    """
-    batch, _, dim = x.shape
-    first = torch.randint(0, n_total, (batch,), generator=gen)
-    uniforms = torch.rand(k - 1, batch, generator=gen, dtype=torch.float64).t()
-    if comm.world == 1:
-        idx = ops.kmeanspp_init(x, first.to(x.device), uniforms.contiguous().to(x.device))
-        return torch.gather(x, 1, idx[..., None].expand(-1, -1, dim)).float()
-    cents = [_rows(x, first[:, None].to(x.device), offset, comm)]
-    dmin = torch.full(x.shape[:2], float("inf"), device=x.device)
-    for s in range(k - 1):
-        dmin, chunk_weights = ops.kmeanspp_step(x, dmin, cents[-1][:, 0])
-        totals = comm.gather(
-            chunk_weights.cpu().cumsum(1)[:, -1] if x.shape[1] else torch.zeros(batch, dtype=torch.float64)
-        )
-        picked = _draw_over_ranks(totals.cpu(), uniforms[:, s], n_total, offset, dmin, chunk_weights, comm)
-        cents.append(_rows(x, picked[:, None].to(x.device), offset, comm))
-    return torch.cat(cents, 1)
-
-
-def _draw_over_ranks(
-    totals: Tensor, u01: Tensor, n_total: int, offset: int, dmin: Tensor, chunk_weights: Tensor, comm: _Comm
-) -> Tensor:
-    """The global index of each problem's draw: the rank whose prefix of ``totals [world, B]`` holds
-    ``u01 * sum`` (rounding past the end: the last rank of positive total), then that rank's point."""
-    rank_end = totals.cumsum(0)  # [world, B]
-    grand = rank_end[-1]
-    target = u01 * grand
-    positive = totals > 0
-    last_positive = torch.where(positive, torch.arange(comm.world)[:, None], -1).amax(0)
-    owner = torch.where(rank_end > target[None], torch.arange(comm.world)[:, None], comm.world).amin(0)
-    owner = torch.where(owner < comm.world, owner, last_positive)
-    before = torch.where(owner > 0, rank_end[(owner - 1).clamp(min=0), torch.arange(totals.shape[1])], 0.0)
-    pick = torch.full((totals.shape[1],), -1, dtype=torch.int64)
-    mine = (owner == comm.rank) & (grand > 0)
-    if bool(mine.any()):
-        local = ops.kmeanspp_sample(dmin, chunk_weights, (target - before).clamp(min=0).to(dmin.device)).cpu()
-        pick = torch.where(mine, local + offset, pick)
-    uniform = (u01 * n_total).long().clamp(max=n_total - 1)  # every weight 0: a uniform draw
-    pick = torch.where((grand <= 0) & (comm.rank == 0), uniform, pick)
-    # One rank owns each pick: share it as a max over ranks (others hold -1).
-    return comm.gather(pick.to(dmin.device)).max(0).values
-
-
 def _repair_empty(centroids: Tensor, counts: Tensor, eps: float, gen: torch.Generator) -> int:
     """Split the most populated clusters into the empty ones, in place, vectorised over B.
 
@@ -270,28 +209,12 @@ def kmeans(
         from .clustering_weighted import check_h
 
         h = check_h(x, h)
-    xb = x.detach()  # clustering is not differentiated (a layer's weight requires grad)
-    xb = xb.unsqueeze(0) if xb.dim() == 2 else xb
-    xb = (xb.float() if xb.dtype == torch.float64 else xb).contiguous()
+    xb = _problems(x)
     comm = _Comm(process_group, xb.device)
-    sizes = comm.gather(torch.tensor([xb.shape[1]], dtype=torch.int64, device=xb.device))[:, 0].tolist()
-    offset, n_total = sum(sizes[: comm.rank]), sum(sizes)
-    if n_centroids > n_total:
-        raise ValueError(f"kmeans: n_centroids must be at most the number of vectors N={n_total}, got {n_centroids}")
-    if seed is not None:
-        gen = torch.Generator().manual_seed(int(seed))
-    elif generator is not None:
-        gen = generator
-    else:
-        gen = torch.Generator().manual_seed(comm.broadcast_int(int(torch.randint(0, SEED_HIGH, ()))))
+    offset, n_total = _shard_span(xb, n_centroids, comm)
+    gen = _generator(seed, generator, comm)
     progress = _Progress(verbose and comm.rank == 0)
-
-    if init == "random":
-        idx = torch.randint(0, n_total, (xb.shape[0], n_centroids), generator=gen).to(xb.device)
-        centroids = _rows(xb, idx, offset, comm)
-    else:
-        progress(f"k-means++ init: {n_centroids} centroids from {n_total} vectors of dimension {xb.shape[-1]}")
-        centroids = _init_kmeanspp(xb, n_centroids, n_total, offset, gen, comm)
+    centroids = init_centroids(xb, n_centroids, init, n_total, offset, gen, comm, progress)
     if h is None:
         run = _Lloyd(xb, centroids, comm, gen, eps, progress)
     else:
@@ -299,17 +222,50 @@ def kmeans(
 
         run = WeightedLloyd(xb, h, centroids, comm, gen, eps, progress)
     run.iterate(n_iter, tol)
-    counts = run.repair(max_tentatives if n_iter > 0 else 0)
+    n_empty = _warn_empty(run.repair(max_tentatives if n_iter > 0 else 0), n_iter, max_tentatives)
+    if x.dim() == 2:
+        return KMeansResult(run.centroids[0], run.codes[0], run.objective, n_empty)
+    return KMeansResult(run.centroids, run.codes, run.objective, n_empty)
+
+
+def _problems(x: Tensor) -> Tensor:
+    """``x`` as the ``[B, N, D]`` problems the kernels take: detached (clustering is not differentiated; a layer's
+    weight requires grad), fp64 cast to fp32, contiguous."""
+    xb = x.detach()
+    xb = xb.unsqueeze(0) if xb.dim() == 2 else xb
+    return (xb.float() if xb.dtype == torch.float64 else xb).contiguous()
+
+
+def _shard_span(x: Tensor, n_centroids: int, comm: _Comm) -> tuple[int, int]:
+    """``(offset, n_total)``: the global index of this rank's first vector and the vectors of all ranks, which
+    must be at least ``n_centroids``."""
+    sizes = comm.gather(torch.tensor([x.shape[1]], dtype=torch.int64, device=x.device))[:, 0].tolist()
+    offset, n_total = sum(sizes[: comm.rank]), sum(sizes)
+    if n_centroids > n_total:
+        raise ValueError(f"kmeans: n_centroids must be at most the number of vectors N={n_total}, got {n_centroids}")
+    return offset, n_total
+
+
+def _generator(seed: int | None, generator: torch.Generator | None, comm: _Comm) -> torch.Generator:
+    """The CPU generator of every draw: ``seed``'s, else ``generator``, else one seeded from torch's default
+    generator (rank 0's seed on every rank)."""
+    if seed is not None:
+        return torch.Generator().manual_seed(int(seed))
+    if generator is not None:
+        return generator
+    return torch.Generator().manual_seed(comm.broadcast_int(int(torch.randint(0, SEED_HIGH, ()))))
+
+
+def _warn_empty(counts: Tensor, n_iter: int, max_tentatives: int) -> int:
+    """How many clusters are empty (``counts == 0``); a ``UserWarning`` at :func:`kmeans`'s caller when any is."""
     n_empty = int((counts == 0).sum())
     if n_empty:
         warnings.warn(
             f"kmeans: {n_empty} of {counts.numel()} clusters are empty after {n_iter} iterations and "
             f"{max_tentatives} repair passes (too few distinct vectors?)",
-            stacklevel=2,
+            stacklevel=3,
         )
-    if x.dim() == 2:
-        return KMeansResult(run.centroids[0], run.codes[0], run.objective, n_empty)
-    return KMeansResult(run.centroids, run.codes, run.objective, n_empty)
+    return n_empty
 
 
 class _Progress:

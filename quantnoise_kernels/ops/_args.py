@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["int_arg", "float_arg", "bool_arg", "seed_arg", "shape_arg"]
+__all__ = ["int_arg", "float_arg", "bool_arg", "seed_arg", "shape_arg", "check_keywords"]
 
 _SYMBOLIC = (torch.SymInt, torch.SymFloat, torch.SymBool)
 
@@ -72,3 +72,11 @@ def shape_arg(op: str, shape) -> list[int]:
     if negative:
         raise ValueError(f"quantnoise::{op}: shape must hold sizes >= 0, got {list(sizes)}")
     return sizes
+
+
+def check_keywords(function: str, keywords: dict, allowed: tuple[str, ...]) -> None:
+    """Refuse a keyword of ``**keywords`` that is not in ``allowed`` as Python refuses it for an explicit signature
+    (``TypeError: function() got an unexpected keyword argument 'name'``); for wrappers typed ``**kw: Unpack[...]``."""
+    for name in keywords:
+        if name not in allowed:
+            raise TypeError(f"{function}() got an unexpected keyword argument {name!r}")

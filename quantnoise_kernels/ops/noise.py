@@ -13,13 +13,17 @@ noised blocks).
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 from torch import Tensor
 
 from .._blocks import SEED_HIGH
-from ._args import bool_arg, float_arg, int_arg, seed_arg
+from ._args import bool_arg, check_keywords, float_arg, int_arg, seed_arg
 from ._noise_checks import check_noise_args, check_noise_rows
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["draw_seed", "block_noise", "noise_backward", "NoiseSpec"]
 
@@ -30,6 +34,32 @@ def draw_seed(generator: torch.Generator | None = None) -> Tensor:
     Returns a 0-d int64 CPU tensor (a tensor, not an int, so ``torch.compile`` traces it).
     """
     return torch.randint(0, SEED_HIGH, (), dtype=torch.int64, generator=generator)
+
+
+class NoiseKwargs(TypedDict, total=False):
+    """The keyword-only noise arguments of :func:`block_noise` and :func:`.noisy.noisy_linear`, documented at
+    :func:`block_noise`; their defaults are :class:`NoiseSpec`'s."""
+
+    offset: int
+    rescale: bool
+    straight_through: bool
+    noise: str
+    centroids: Tensor | None
+    scale: Tensor | None
+    zero_point: Tensor | None
+    quant_min: int
+    quant_max: int
+
+
+_NOISE_KEYWORDS = tuple(NoiseKwargs.__annotations__)
+# The scalar noise arguments and their checks (:mod:`._args`); the tensors and the kind are checked by the kernels.
+_SCALAR_CHECKS = {
+    "offset": int_arg,
+    "rescale": bool_arg,
+    "straight_through": bool_arg,
+    "quant_min": int_arg,
+    "quant_max": int_arg,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,31 +80,15 @@ class NoiseSpec:
     rows: Tensor | None = None  # block_noise(_backward) only: the weight rows' indices in the whole weight
 
     @classmethod
-    def of(
-        cls,
-        op: str,
-        p,
-        block_size,
-        *,
-        offset=0,
-        rescale=True,
-        straight_through=True,
-        quant_min=0,
-        quant_max=255,
-        **kind,
-    ) -> NoiseSpec:
-        """The wrapper arguments, each checked (:mod:`._args`: no silent truncation of ``block_size=4.5``, no
-        truthiness of ``rescale="no"``); the tensors and the kind are checked by the kernels."""
-        return cls(
-            float_arg(op, "p", p),
-            int_arg(op, "block_size", block_size),
-            int_arg(op, "offset", offset),
-            bool_arg(op, "rescale", rescale),
-            bool_arg(op, "straight_through", straight_through),
-            quant_min=int_arg(op, "quant_min", quant_min),
-            quant_max=int_arg(op, "quant_max", quant_max),
-            **kind,
-        )
+    def of(cls, op: str, p, block_size, noise: NoiseKwargs, rows: Tensor | None = None) -> NoiseSpec:
+        """The wrapper arguments of ``op`` (``noise``: its ``**noise`` keywords), each checked (:mod:`._args`: no
+        silent truncation of ``block_size=4.5``, no truthiness of ``rescale="no"``); the tensors and the kind are
+        checked by the kernels. A keyword that is not a noise argument is refused as Python refuses it
+        (``TypeError``)."""
+        check_keywords(op, noise, _NOISE_KEYWORDS)
+        p, block_size = float_arg(op, "p", p), int_arg(op, "block_size", block_size)
+        checked = {name: check(op, name, noise[name]) for name, check in _SCALAR_CHECKS.items() if name in noise}
+        return cls(p, block_size, rows=rows, **{**noise, **checked})
 
     def schema_args(self, seed: Tensor, *, straight_through: bool = True) -> tuple:
         """``(seed, p, block_size, offset, rescale, [straight_through,] noise, centroids, scale, zero_point,
@@ -110,16 +124,8 @@ def block_noise(
     block_size: int,
     seed: int | Tensor,
     *,
-    offset: int = 0,
-    rescale: bool = True,
-    straight_through: bool = True,
-    noise: str = "drop",
-    centroids: Tensor | None = None,
-    scale: Tensor | None = None,
-    zero_point: Tensor | None = None,
-    quant_min: int = 0,
-    quant_max: int = 255,
     rows: Tensor | None = None,
+    **noise: Unpack[NoiseKwargs],
 ) -> Tensor:
     """Fused Quant-Noise on the blocks of ``weight`` (one pass, no mask tensor; DESIGN §3.1).
 
@@ -132,18 +138,18 @@ def block_noise(
         p: noise rate, fraction of blocks noised, in ``[0, 1]`` (``< 1`` for ``noise="drop"`` with rescale).
         block_size: block length; must divide the row length ``weight[0].numel()``.
         seed: int or one-element int64 tensor (CPU or ``weight``'s device); see :func:`draw_seed`.
-        offset: second Philox counter word, to draw independent masks from one seed.
-        rescale: ``noise="drop"`` only: scale kept blocks by ``1/(1-p)`` (fairseq's default).
+        offset: second Philox counter word, to draw independent masks from one seed (default 0).
+        rescale: ``noise="drop"`` only: scale kept blocks by ``1/(1-p)`` (default True, as fairseq).
         straight_through: backward passes the gradient to every entry (the paper's
-            ``W + stopgrad(mask*(phi(W)-W))``); ``False``: dropout-style, 0 on noised blocks.
-        noise: ``"drop"`` (noised blocks become 0), ``"fake_quant"`` (noised blocks become their
+            ``W + stopgrad(mask*(phi(W)-W))``; default); ``False``: dropout-style, 0 on noised blocks.
+        noise: ``"drop"`` (default: noised blocks become 0), ``"fake_quant"`` (noised blocks become their
             int-N fake-quantized value, kept entries are clamped to the grid's range, the gradient is
             straight-through times the clamp mask) or ``"centroid"`` (a noised block becomes its
             nearest row of ``centroids``; kept blocks are copied).
         centroids: ``noise="centroid"``: ``[K, block_size]`` codebook, ``weight``'s dtype and device.
         scale, zero_point: ``noise="fake_quant"``: float32 / int32, ``[1]`` (per tensor) or ``[out]``
             (per output channel, dim 0 of ``weight.reshape(out, -1)``); value ``(q - zero_point) * scale``.
-        quant_min, quant_max: ``noise="fake_quant"``: the integer grid, 2 to 8 bits (e.g. 0, 255).
+        quant_min, quant_max: ``noise="fake_quant"``: the integer grid, 2 to 8 bits (default 0, 255).
         rows: int64 ``[weight.shape[0]]``: ``weight`` holds rows ``rows`` of a larger weight (same row length),
             whose mask it gets: block ``j`` of row ``i`` is keyed as block ``j`` of row ``rows[i]``, so noising
             looked-up rows equals looking up in the noised whole table (the row-only noise of ``nn.Embedding``).
@@ -155,21 +161,7 @@ def block_noise(
     Raises:
         ValueError, TypeError: a bad argument, named with its value.
     """
-    spec = NoiseSpec.of(
-        "block_noise",
-        p,
-        block_size,
-        offset=offset,
-        rescale=rescale,
-        straight_through=straight_through,
-        noise=noise,
-        centroids=centroids,
-        scale=scale,
-        zero_point=zero_point,
-        quant_min=quant_min,
-        quant_max=quant_max,
-        rows=rows,
-    )
+    spec = NoiseSpec.of("block_noise", p, block_size, noise, rows)
     return torch.ops.quantnoise.block_noise.default(weight, *spec.schema_args(seed_arg("block_noise", seed)))
 
 
@@ -213,36 +205,26 @@ def _block_noise_backward_fake(grad, weight, seed, *noise):
     return torch.empty_like(weight, memory_format=torch.contiguous_format)
 
 
-def _block_noise_setup_context(ctx, inputs, output):
-    weight, seed, *rest = inputs
-    ctx.save_for_backward(weight, seed)
-    ctx.spec = _spec(tuple(rest))
+def _register_noise_autograd(op: str, n_before: int) -> None:
+    """The autograd of ``quantnoise::<op>``, whose inputs are ``n_before`` tensors, then ``(weight, seed, *noise)``.
+
+    The gradient of input 0 (``weight`` for ``block_noise``; ``grad`` for ``block_noise_backward``, which is linear
+    in ``grad`` and piecewise constant in ``weight``, the clamp mask) is the same op on the incoming gradient
+    (:func:`noise_backward`); every other input gets None.
+    """
+
+    def setup_context(ctx, inputs, output):
+        weight, seed, *noise = inputs[n_before:]
+        ctx.save_for_backward(weight, seed)
+        ctx.spec = _spec(tuple(noise))
+        ctx.n_inputs = len(inputs)
+
+    def backward(ctx, grad: Tensor):
+        weight, seed = ctx.saved_tensors
+        return (noise_backward(grad, weight, seed, ctx.spec),) + (None,) * (ctx.n_inputs - 1)
+
+    torch.library.register_autograd(f"quantnoise::{op}", backward, setup_context=setup_context)
 
 
-def _block_noise_backward(ctx, grad: Tensor):
-    weight, seed = ctx.saved_tensors
-    return (noise_backward(grad, weight, seed, ctx.spec),) + (None,) * 13
-
-
-torch.library.register_autograd(
-    "quantnoise::block_noise", _block_noise_backward, setup_context=_block_noise_setup_context
-)
-
-
-def _block_noise_backward_setup_context(ctx, inputs, output):
-    _grad, weight, seed, *rest = inputs
-    ctx.save_for_backward(weight, seed)
-    ctx.spec = _spec(tuple(rest))
-
-
-def _block_noise_backward_backward(ctx, grad_grad: Tensor):
-    # Linear in grad, piecewise constant in weight (the clamp mask): the same op on grad_grad.
-    weight, seed = ctx.saved_tensors
-    return (noise_backward(grad_grad, weight, seed, ctx.spec),) + (None,) * 14
-
-
-torch.library.register_autograd(
-    "quantnoise::block_noise_backward",
-    _block_noise_backward_backward,
-    setup_context=_block_noise_backward_setup_context,
-)
+_register_noise_autograd("block_noise", n_before=0)
+_register_noise_autograd("block_noise_backward", n_before=1)

@@ -7,13 +7,17 @@ weight (it noises L2-sized chunks of rows and multiplies from there).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ._args import seed_arg
 from ._noise_checks import check_noisy_linear_args, check_noisy_linear_backward_args
-from .noise import NoiseSpec, _check_spec, _spec, noise_backward
+from .noise import NoiseKwargs, NoiseSpec, _check_spec, _spec, noise_backward
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["noisy_linear"]
 
@@ -25,16 +29,7 @@ def noisy_linear(
     p: float,
     block_size: int,
     seed: int | Tensor,
-    *,
-    offset: int = 0,
-    rescale: bool = True,
-    straight_through: bool = True,
-    noise: str = "drop",
-    centroids: Tensor | None = None,
-    scale: Tensor | None = None,
-    zero_point: Tensor | None = None,
-    quant_min: int = 0,
-    quant_max: int = 255,
+    **noise: Unpack[NoiseKwargs],
 ) -> Tensor:
     """``F.linear(input, block_noise(weight, ...), bias)`` without materialising the noised weight.
 
@@ -52,20 +47,7 @@ def noisy_linear(
     Returns:
         ``[..., out]``.
     """
-    spec = NoiseSpec.of(
-        "noisy_linear",
-        p,
-        block_size,
-        offset=offset,
-        rescale=rescale,
-        straight_through=straight_through,
-        noise=noise,
-        centroids=centroids,
-        scale=scale,
-        zero_point=zero_point,
-        quant_min=quant_min,
-        quant_max=quant_max,
-    )
+    spec = NoiseSpec.of("noisy_linear", p, block_size, noise)
     args = spec.schema_args(seed_arg("noisy_linear", seed))
     return torch.ops.quantnoise.noisy_linear.default(input, weight, bias, *args)
 

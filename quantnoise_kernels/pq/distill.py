@@ -15,6 +15,7 @@ Parameter (tied weights) keep sharing it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -157,14 +158,58 @@ def distill(
         raise ValueError("distill: no float parameter to train (params is empty or holds only integer tensors)")
     compare = _loss_fn(loss, temperature)
     output_fn = output_fn or default_output
-    if steps is None:
-        if not hasattr(data, "__len__"):
-            raise ValueError("distill: steps=None needs a sized data (one pass); pass steps=")
-        steps = len(data)
-        if steps == 0:
-            raise ValueError("distill: data yielded no batch")
+    steps = _resolve_steps(data, steps)
     if cache_teacher is None:
         cache_teacher = isinstance(data, Sequence) and steps > len(data)
+    target = _Targets(teacher, output_fn, cache_teacher)
+    with _training(student, teacher, params, train_mode):
+        optimizer = torch.optim.Adam(params, lr=lr)
+        losses: list[float] = []
+        bar = progress_bar(_batches(data, steps), total=steps, desc=desc, disable=not progress, leave=False)
+        for index, batch in bar:
+            value = compare(output_fn(_call(student, batch), batch), target(index, batch))
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            optimizer.step()
+            losses.append(float(value.detach()))
+            bar.set_postfix(loss=f"{losses[-1]:.3g}")
+    return losses
+
+
+def _resolve_steps(data: Iterable, steps: int | None) -> int:
+    """``steps``, or one pass over ``data`` (which must then be sized and not empty)."""
+    if steps is not None:
+        return steps
+    if not hasattr(data, "__len__"):
+        raise ValueError("distill: steps=None needs a sized data (one pass); pass steps=")
+    if len(data) == 0:
+        raise ValueError("distill: data yielded no batch")
+    return len(data)
+
+
+class _Targets:
+    """The teacher's output for a batch, computed under ``no_grad`` (kept per batch index with ``cache``)."""
+
+    def __init__(self, teacher: nn.Module, output_fn: OutputFn, cache: bool) -> None:
+        self.teacher, self.output_fn = teacher, output_fn
+        self.cache: dict[int, Tensor] | None = {} if cache else None
+
+    def __call__(self, index: int, batch: Any) -> Tensor:
+        target = None if self.cache is None else self.cache.get(index)
+        if target is None:
+            with torch.no_grad():
+                target = self.output_fn(_call(self.teacher, batch), batch).detach()
+            if self.cache is not None:
+                self.cache[index] = target
+        return target
+
+
+@contextlib.contextmanager
+def _training(student: nn.Module, teacher: nn.Module, params: list[nn.Parameter], train_mode: bool):
+    """Only ``params`` of ``student`` require grad, the student in ``train_mode``, the teacher in eval; on exit
+    (also on an error) every ``requires_grad`` flag and mode is restored and the gradients are dropped."""
     was_training, teacher_training = student.training, teacher.training
     flags = [(p, p.requires_grad) for p in student.parameters()]
     for p, _ in flags:
@@ -173,33 +218,14 @@ def distill(
         p.requires_grad_(True)
     student.train(train_mode)
     teacher.eval()
-    optimizer = torch.optim.Adam(params, lr=lr)
-    cache: dict[int, Tensor] = {}
-    losses: list[float] = []
     try:
-        bar = progress_bar(_batches(data, steps), total=steps, desc=desc, disable=not progress, leave=False)
-        for index, batch in bar:
-            target = cache.get(index) if cache_teacher else None
-            if target is None:
-                with torch.no_grad():
-                    target = output_fn(_call(teacher, batch), batch).detach()
-                if cache_teacher:
-                    cache[index] = target
-            value = compare(output_fn(_call(student, batch), batch), target)
-            optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            if max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            optimizer.step()
-            losses.append(float(value.detach()))
-            bar.set_postfix(loss=f"{losses[-1]:.3g}")
+        yield
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
             p.grad = None
         student.train(was_training)
         teacher.train(teacher_training)
-    return losses
 
 
 def _pq_layers(model: nn.Module) -> list[nn.Module]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -253,14 +254,30 @@ def quantize_model_(
             an unsupported module, a ``state_dict`` entry is missing or malformed, or a scalar argument
             (``n_iter``, ``eps``, ``max_tentatives``, ``seed``, ``fewer_blocks``) is out of range.
     """
-    check_kmeans_args("quantize_model_", n_iter, eps, max_tentatives, seed, centroid_dtype, fewer_blocks)
-    check_bits("quantize_model_", centroid_bits, act_bits)
-    checkpoint = state_dict if n_iter == 0 else None
+    settings = _apply_settings(n_iter, eps, max_tentatives, seed, centroid_dtype, fewer_blocks, centroid_bits, act_bits)
     plan = plan_quantization(
         model, layers_to_quantize, block_sizes_config, n_centroids_config, step, remove_weights=remove_weights,
-        state_dict=checkpoint, fewer_blocks=fewer_blocks,
+        state_dict=state_dict if n_iter == 0 else None, fewer_blocks=fewer_blocks,
     )  # fmt: skip
     hessians = None if calibration is None else plan_hessians(model, plan, calibration, calibration_h, calibration_damp)
-    kmeans_args = dict(n_iter=n_iter, eps=eps, max_tentatives=max_tentatives, seed=seed, centroid_dtype=centroid_dtype)
-    bits = dict(centroid_bits=centroid_bits, act_bits=act_bits)
-    return apply_plan(model, plan, size_tracker, verbose=verbose, hessians=hessians, **kmeans_args, **bits)
+    return apply_plan(model, plan, size_tracker, verbose=verbose, hessians=hessians, **settings)
+
+
+def _apply_settings(
+    n_iter: int,
+    eps: float,
+    max_tentatives: int,
+    seed: int | None,
+    centroid_dtype: torch.dtype,
+    fewer_blocks: str,
+    centroid_bits: int | None,
+    act_bits: int,
+) -> dict[str, Any]:
+    """``quantize_model_``'s scalar settings, checked before anything else (``fewer_blocks`` too, which the plan
+    step takes), as :func:`apply_plan`'s keywords for the k-means and the bits of the layers."""
+    check_kmeans_args("quantize_model_", n_iter, eps, max_tentatives, seed, centroid_dtype, fewer_blocks)
+    check_bits("quantize_model_", centroid_bits, act_bits)
+    return dict(
+        n_iter=n_iter, eps=eps, max_tentatives=max_tentatives, seed=seed, centroid_dtype=centroid_dtype,
+        centroid_bits=centroid_bits, act_bits=act_bits,
+    )  # fmt: skip

@@ -5,12 +5,12 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .functional import fake_quant_noise
-from .qparams import QParamsCache, QuantGrid, check_p
+from .qparams import QParamsCache, QParamsCacheViews, QuantGrid, check_p
 
 __all__ = ["ActivationQuantizer"]
 
 
-class ActivationQuantizer:
+class ActivationQuantizer(QParamsCacheViews):
     """Fake-quantizes the output of ``module`` through a forward hook (fairseq's signature).
 
     In training a fraction ``p`` of the output entries is fake-quantized and every entry is clamped
@@ -42,11 +42,6 @@ class ActivationQuantizer:
         self.clamp_threshold = clamp_threshold
         self._qcache = QParamsCache(QuantGrid(bits, method), update_step)
         self.handle = module.register_forward_hook(self._hook)
-
-    bits = property(lambda self: self._qcache.grid.bits)
-    method = property(lambda self: self._qcache.grid.method)
-    update_step = property(lambda self: self._qcache.update_step)
-    counter = property(lambda self: self._qcache.counter)
 
     def qparams(self):
         """The cached parameters (``None`` before the first call)."""

@@ -10,12 +10,30 @@ from the Philox draw of ``block_noise`` (same seed, same mask on CPU and CUDA).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypedDict
+
 from torch import Tensor
 
 from .. import ops
+from ..ops._args import check_keywords
 from .qparams import QParams
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 __all__ = ["fake_quant_noise", "fake_quant_noise_linear", "kind_kwargs"]
+
+
+class FakeQuantNoiseKwargs(TypedDict, total=False):
+    """The keyword-only arguments of :func:`fake_quant_noise` and :func:`fake_quant_noise_linear`, documented at
+    :func:`fake_quant_noise`; their defaults are :func:`_op_args`'s."""
+
+    block_size: int
+    straight_through: bool
+    seed: Tensor | None
+
+
+_KEYWORDS = tuple(FakeQuantNoiseKwargs.__annotations__)
 
 
 def kind_kwargs(qparams: QParams) -> dict:
@@ -29,34 +47,35 @@ def kind_kwargs(qparams: QParams) -> dict:
     }
 
 
-def fake_quant_noise(
-    x: Tensor,
-    p: float,
-    qparams: QParams,
-    *,
-    block_size: int = 1,
-    straight_through: bool = True,
-    seed: Tensor | None = None,
-) -> Tensor:
+def _op_args(
+    p: float, qparams: QParams, *, block_size: int = 1, straight_through: bool = True, seed: Tensor | None = None
+) -> tuple[tuple, dict]:
+    """The ``(p, block_size, seed)`` and the keywords of ``ops.block_noise`` / ``ops.noisy_linear`` after their
+    tensors: the ``fake_quant`` kind on ``qparams``'s grid, the seed drawn from torch's RNG unless given."""
+    seed = ops.draw_seed() if seed is None else seed
+    return (p, block_size, seed), {"straight_through": straight_through, **kind_kwargs(qparams)}
+
+
+def fake_quant_noise(x: Tensor, p: float, qparams: QParams, **options: Unpack[FakeQuantNoiseKwargs]) -> Tensor:
     """``x`` with scalar Quant-Noise; ``x`` is read as ``x.reshape(x.shape[0], -1)`` (1-D: one row).
 
     Args:
         x: float tensor (a weight ``[out, ...]`` or an activation); never modified.
         p: fraction of blocks fake-quantized, in ``[0, 1]``.
         qparams: per-tensor or per-``x.shape[0]`` scale and zero point (:func:`~.qparams.observe`).
-        block_size: entries per Bernoulli draw along a row; must divide the row length.
-        straight_through: ``False`` gives the dropout-style gradient (0 on noised blocks).
+        block_size: entries per Bernoulli draw along a row; must divide the row length (default 1).
+        straight_through: ``False`` gives the dropout-style gradient (0 on noised blocks; default True).
         seed: Philox seed (default: drawn from torch's RNG, see ``ops.draw_seed``).
 
     Returns:
         A new tensor of ``x``'s shape and dtype.
     """
+    check_keywords("fake_quant_noise", options, _KEYWORDS)
     shape = x.shape
     if x.dim() < 2:
         x = x.reshape(1, -1)
-    seed = ops.draw_seed() if seed is None else seed
-    y = ops.block_noise(x, p, block_size, seed, straight_through=straight_through, **kind_kwargs(qparams))
-    return y.view(shape)
+    args, kwargs = _op_args(p, qparams, **options)
+    return ops.block_noise(x, *args, **kwargs).view(shape)
 
 
 def fake_quant_noise_linear(
@@ -65,14 +84,10 @@ def fake_quant_noise_linear(
     bias: Tensor | None,
     p: float,
     qparams: QParams,
-    *,
-    block_size: int = 1,
-    straight_through: bool = True,
-    seed: Tensor | None = None,
+    **options: Unpack[FakeQuantNoiseKwargs],
 ) -> Tensor:
     """``F.linear(input, fake_quant_noise(weight, ...), bias)`` fused (``ops.noisy_linear``): the
     noised weight is never materialised on the CPU. Arguments as :func:`fake_quant_noise`."""
-    seed = ops.draw_seed() if seed is None else seed
-    return ops.noisy_linear(
-        input, weight, bias, p, block_size, seed, straight_through=straight_through, **kind_kwargs(qparams)
-    )
+    check_keywords("fake_quant_noise_linear", options, _KEYWORDS)
+    args, kwargs = _op_args(p, qparams, **options)
+    return ops.noisy_linear(input, weight, bias, *args, **kwargs)

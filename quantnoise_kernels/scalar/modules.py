@@ -15,6 +15,8 @@ The layers subclass the PyTorch ones (``isinstance(IntLinear(...), nn.Linear)``)
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypedDict
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,11 +24,35 @@ from torch import Tensor, nn
 from .. import ops
 from .._blocks import check_block_size
 from .._modules import is_noise_wrapped
+from ..ops._args import check_keywords
 from .functional import fake_quant_noise, fake_quant_noise_linear, kind_kwargs
-from .qparams import QParams, QParamsCache, QuantGrid, check_p
+from .qparams import QParams, QParamsCache, QParamsCacheViews, QuantGrid, check_p
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["IntLinear", "IntConv2d", "IntEmbedding", "IntModule"]
 
+
+class IntQuantKwargs(TypedDict, total=False):
+    """Our keyword-only quantization options of the Int layers (``from_float`` and the constructors), beyond
+    fairseq's: ``block_size`` (entries per noise draw; default 1, fairseq's) and ``symmetric`` (signed grid, zero
+    point 0; default False). The defaults are ``IntModule._init_quant``'s."""
+
+    block_size: int
+    symmetric: bool
+
+
+class IntLayerKwargs(IntQuantKwargs, total=False):
+    """The keyword-only arguments of the Int layers' constructors: :class:`IntQuantKwargs`, and ``device`` and
+    ``dtype`` (default None) as PyTorch's layers take them."""
+
+    device: torch.device | str | None
+    dtype: torch.dtype | None
+
+
+_QUANT_KEYWORDS = tuple(IntQuantKwargs.__annotations__)
+_LAYER_KEYWORDS = tuple(IntLayerKwargs.__annotations__)
 
 _NOISE_ATTRS = ("quant_noise_config", "quant_noise_qparams", "_quant_noise_ran", "_quant_noise_checked")
 
@@ -41,7 +67,7 @@ def _rebind(module: nn.Module, cls: type, drop: tuple[str, ...] = ()) -> nn.Modu
     return new
 
 
-class IntModule:
+class IntModule(QParamsCacheViews):
     """What the three layers share: the noise settings and the cached quantization parameters.
 
     Attributes (fairseq's names): ``p``, ``bits``, ``method``, ``update_step``, ``counter``,
@@ -59,12 +85,15 @@ class IntModule:
         self.block_size = block_size
         self._qcache = QParamsCache(QuantGrid(bits, method, symmetric), update_step)
 
-    # fairseq's attribute names, read-only views of the cache.
-    bits = property(lambda self: self._qcache.grid.bits)
-    method = property(lambda self: self._qcache.grid.method)
+    def _init_layer(self, float_args: tuple, p: float, bits: int, method: str, update_step: int, options: dict) -> None:
+        """The constructors' body: the PyTorch layer's ``__init__`` on ``float_args`` and the ``device``/``dtype``
+        of ``options`` (:class:`IntLayerKwargs`), then the quantization state (the rest of ``options``)."""
+        check_keywords(f"{type(self).__name__}.__init__", options, _LAYER_KEYWORDS)
+        self._FLOAT_MODULE.__init__(self, *float_args, device=options.get("device"), dtype=options.get("dtype"))
+        self._init_quant(p, bits, method, update_step, **{k: v for k, v in options.items() if k in _QUANT_KEYWORDS})
+
+    # fairseq's attribute names (bits, method, update_step, counter: QParamsCacheViews), read-only views of the cache.
     symmetric = property(lambda self: self._qcache.grid.symmetric)
-    update_step = property(lambda self: self._qcache.update_step)
-    counter = property(lambda self: self._qcache.counter)
     scale = property(lambda self: None if self._qcache.qparams is None else self._qcache.qparams.scale)
     zero_point = property(lambda self: None if self._qcache.qparams is None else self._qcache.qparams.zero_point)
 
@@ -88,18 +117,17 @@ class IntModule:
         bits: int = 8,
         update_step: int = 1000,
         method: str = "histogram",
-        *,
-        block_size: int = 1,
-        symmetric: bool = False,
+        **options: Unpack[IntQuantKwargs],
     ):
         """An Int layer **sharing** ``module``'s parameters (fairseq builds it the same way: no
         ``__init__``, the module's state copied over), so the optimizer keeps working on them. A module
         wrapped by ``quant_noise`` is taken as the layer it wraps (its noise is dropped)."""
+        check_keywords(f"{cls.__name__}.from_float", options, _QUANT_KEYWORDS)
         base = type(module).__mro__[1] if is_noise_wrapped(module) else type(module)
         if base is not cls._FLOAT_MODULE:
             raise TypeError(f"{cls.__name__}.from_float: expected {cls._FLOAT_MODULE.__name__}, got {base.__name__}")
         new = _rebind(module, cls, drop=_NOISE_ATTRS)
-        new._init_quant(p, bits, method, update_step, block_size, symmetric)
+        new._init_quant(p, bits, method, update_step, **options)
         return new
 
     def to_float(self) -> nn.Module:
@@ -135,14 +163,9 @@ class IntLinear(IntModule, nn.Linear):
         update_step: int = 3000,
         bits: int = 8,
         method: str = "histogram",
-        *,
-        block_size: int = 1,
-        symmetric: bool = False,
-        device=None,
-        dtype=None,
+        **options: Unpack[IntLayerKwargs],
     ) -> None:
-        nn.Linear.__init__(self, in_features, out_features, bias, device=device, dtype=dtype)
-        self._init_quant(p, bits, method, update_step, block_size, symmetric)
+        self._init_layer((in_features, out_features, bias), p, bits, method, update_step, options)
 
     def forward(self, input: Tensor) -> Tensor:
         return fake_quant_noise_linear(
@@ -171,17 +194,10 @@ class IntConv2d(IntModule, nn.Conv2d):
         bits: int = 8,
         method: str = "histogram",
         update_step: int = 1000,
-        *,
-        block_size: int = 1,
-        symmetric: bool = False,
-        device=None,
-        dtype=None,
+        **options: Unpack[IntLayerKwargs],
     ) -> None:
-        nn.Conv2d.__init__(
-            self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
-            device=device, dtype=dtype,
-        )  # fmt: skip
-        self._init_quant(p, bits, method, update_step, block_size, symmetric)
+        float_args = (in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
+        self._init_layer(float_args, p, bits, method, update_step, options)
 
     def forward(self, input: Tensor) -> Tensor:
         return self._conv_forward(input, self.quantized_weight(), self.bias)
@@ -207,17 +223,12 @@ class IntEmbedding(IntModule, nn.Embedding):
         update_step: int = 1000,
         bits: int = 8,
         method: str = "histogram",
-        *,
-        block_size: int = 1,
-        symmetric: bool = False,
-        device=None,
-        dtype=None,
+        **options: Unpack[IntLayerKwargs],
     ) -> None:
-        nn.Embedding.__init__(
-            self, num_embeddings, embedding_dim, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse,
-            _weight, device=device, dtype=dtype,
+        float_args = (
+            num_embeddings, embedding_dim, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse, _weight,
         )  # fmt: skip
-        self._init_quant(p, bits, method, update_step, block_size, symmetric)
+        self._init_layer(float_args, p, bits, method, update_step, options)
 
     def forward(self, input: Tensor) -> Tensor:
         """A lookup in the table with ``fake_quant`` noise (``ops.block_noise``)."""

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["METHODS", "QuantGrid", "QParams", "observe", "QParamsCache"]
+__all__ = ["METHODS", "QuantGrid", "QParams", "observe", "QParamsCache", "QParamsCacheViews"]
 
 METHODS = ("histogram", "tensor", "channel")  # fairseq's names
 MIN_BITS, MAX_BITS = 2, 8
@@ -168,6 +168,18 @@ class QParamsCache:
         if self.qparams is None or self.qparams.scale.device != x.device:
             self.qparams = observe(x, self.grid, name=name)
         return self.qparams
+
+
+class QParamsCacheViews:
+    """fairseq's attribute names on a holder of a :class:`QParamsCache` ``_qcache`` (the Int layers, the
+    activation quantizer): read-only views of the cache."""
+
+    _qcache: QParamsCache
+
+    bits = property(lambda self: self._qcache.grid.bits)
+    method = property(lambda self: self._qcache.grid.method)
+    update_step = property(lambda self: self._qcache.update_step)
+    counter = property(lambda self: self._qcache.counter)
 
 
 def check_p(p: float, *, name: str = "p") -> float:
