@@ -80,15 +80,15 @@ class NoiseSpec:
     rows: Tensor | None = None  # block_noise(_backward) only: the weight rows' indices in the whole weight
 
     @classmethod
-    def of(cls, op: str, p, block_size, noise: NoiseKwargs, rows: Tensor | None = None) -> NoiseSpec:
-        """The wrapper arguments of ``op`` (``noise``: its ``**noise`` keywords), each checked (:mod:`._args`: no
+    def of(cls, op: str, p, block_size, noise_args: NoiseKwargs, rows: Tensor | None = None) -> NoiseSpec:
+        """The wrapper arguments of ``op`` (its ``**noise_args``), each checked (:mod:`._args`: no
         silent truncation of ``block_size=4.5``, no truthiness of ``rescale="no"``); the tensors and the kind are
         checked by the kernels. A keyword that is not a noise argument is refused as Python refuses it
         (``TypeError``)."""
-        check_keywords(op, noise, _NOISE_KEYWORDS)
+        check_keywords(op, noise_args, _NOISE_KEYWORDS)
         p, block_size = float_arg(op, "p", p), int_arg(op, "block_size", block_size)
-        checked = {name: check(op, name, noise[name]) for name, check in _SCALAR_CHECKS.items() if name in noise}
-        return cls(p, block_size, rows=rows, **{**noise, **checked})
+        checked = {n: check(op, n, noise_args[n]) for n, check in _SCALAR_CHECKS.items() if n in noise_args}
+        return cls(p, block_size, rows=rows, **{**noise_args, **checked})
 
     def schema_args(self, seed: Tensor, *, straight_through: bool = True) -> tuple:
         """``(seed, p, block_size, offset, rescale, [straight_through,] noise, centroids, scale, zero_point,
@@ -125,7 +125,7 @@ def block_noise(
     seed: int | Tensor,
     *,
     rows: Tensor | None = None,
-    **noise: Unpack[NoiseKwargs],
+    **noise_args: Unpack[NoiseKwargs],
 ) -> Tensor:
     """Fused Quant-Noise on the blocks of ``weight`` (one pass, no mask tensor; DESIGN §3.1).
 
@@ -161,7 +161,7 @@ def block_noise(
     Raises:
         ValueError, TypeError: a bad argument, named with its value.
     """
-    spec = NoiseSpec.of("block_noise", p, block_size, noise, rows)
+    spec = NoiseSpec.of("block_noise", p, block_size, noise_args, rows)
     return torch.ops.quantnoise.block_noise.default(weight, *spec.schema_args(seed_arg("block_noise", seed)))
 
 

@@ -29,7 +29,7 @@ def noisy_linear(
     p: float,
     block_size: int,
     seed: int | Tensor,
-    **noise: Unpack[NoiseKwargs],
+    **noise_args: Unpack[NoiseKwargs],
 ) -> Tensor:
     """``F.linear(input, block_noise(weight, ...), bias)`` without materialising the noised weight.
 
@@ -47,7 +47,7 @@ def noisy_linear(
     Returns:
         ``[..., out]``.
     """
-    spec = NoiseSpec.of("noisy_linear", p, block_size, noise)
+    spec = NoiseSpec.of("noisy_linear", p, block_size, noise_args)
     args = spec.schema_args(seed_arg("noisy_linear", seed))
     return torch.ops.quantnoise.noisy_linear.default(input, weight, bias, *args)
 
