@@ -6,15 +6,13 @@ Quant-Noise ``fake_quant`` int8/int4; QAT, i.e. the column's own quantization on
 quantized post-training to int8, int4 and iPQ (iPQ with centroid finetuning by distillation from the
 trained model, KL on the logits). It prints validation perplexity and size for every cell, as Table 1 of
 Fan, Stock et al. 2020 does, and one line saying whether Quant-Noise beat QAT and no noise on these
-numbers. Regimes or quantizers whose API has not landed (issue 8's ``fake_quant`` noise and scalar
-quantizer) print as pending.
+numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import inspect
 import json
 import os
 import sys
@@ -29,7 +27,7 @@ from torch.nn.utils import parametrize
 import quantnoise_kernels as qn
 from benchmarks.corpus import stdlib_text
 from benchmarks.paper_lm import ByteLM, Corpus, LMConfig, perplexity, train_lm
-from quantnoise_kernels import pq
+from quantnoise_kernels import pq, scalar
 
 IPQ_CONFIG = {
     "n_centroids": {"Linear": ("in_features", {"*": 256})},
@@ -73,18 +71,6 @@ class Settings:
 
 FULL = Settings(LMConfig(steps=500), 2_000_000, 65_536, 60, 15, 50)
 QUICK = Settings(LMConfig(dim=64, layers=1, ffn=256, context=32, batch=16, steps=12), 100_000, 2048, 2, 3, 5)
-
-
-def _has_fake_quant_noise() -> bool:
-    return "noise" in inspect.signature(qn.quant_noise).parameters
-
-
-def _scalar():
-    try:
-        from quantnoise_kernels import scalar
-    except ImportError:
-        return None
-    return scalar if hasattr(scalar, "quantize_model_") else None
 
 
 def _noised_layers(model: nn.Module) -> list[tuple[str, int]]:
@@ -151,17 +137,7 @@ def _wrap_for_training(model: nn.Module, regime: Regime, column: str, settings: 
     return None, lambda: [qn.remove_quant_noise(m) for m in wrapped]
 
 
-def _pending(regime: Regime, column: str | None) -> str | None:
-    if regime.noise == "fake_quant" or (regime.qat and column in ("int8", "int4")):
-        if not _has_fake_quant_noise():
-            return "quant_noise(noise='fake_quant') (issue 8)"
-    if column in ("int8", "int4") and _scalar() is None:
-        return "quantnoise_kernels.scalar (issue 8)"
-    return None
-
-
 def _scalar_cell(model: nn.Module, bits: int, windows: torch.Tensor) -> dict[str, Any]:
-    scalar = _scalar()
     quantized = copy.deepcopy(model)
     layers = dict(_noised_layers(quantized))
     scalar.quantize_model_(quantized, p=1.0, bits=bits, update_step=1)
@@ -223,17 +199,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         trainings = COLUMNS if regime.qat else ("all",)
         for training in trainings:
             columns = COLUMNS if training == "all" else (training,)
-            if all(_pending(regime, c) for c in columns):
-                row.update({c: {"pending": _pending(regime, c)} for c in columns})
-                continue
             model = _train(regime, "iPQ" if training == "all" else training, corpus, settings, args.progress)
             if "fp32" not in row:  # QAT: the first model trained
                 row["fp32"] = {"ppl": perplexity(model, windows), "bytes": pq.held_bytes(model).total}
             for column in columns:
-                reason = _pending(regime, column)
-                if reason:
-                    row[column] = {"pending": reason}
-                elif column == "iPQ":
+                if column == "iPQ":
                     row[column] = _ipq_cell(model, corpus, settings, windows, args.progress)
                 else:
                     row[column] = _scalar_cell(model, 8 if column == "int8" else 4, windows)
@@ -247,8 +217,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _cell(cell: dict[str, Any] | None) -> str:
     if not cell:
         return "-"
-    if "pending" in cell:
-        return "pending"
     return f"{cell['ppl']:.3f} ({cell['bytes'] / 1e6:.3f} MB)"
 
 
@@ -274,7 +242,7 @@ def conclusion(table: dict[str, dict[str, Any]]) -> str:
         noisy = {n: ppl(n, column) for n in table if n.startswith("Quant-Noise") and ppl(n, column) is not None}
         base, qat = ppl("no noise", column), ppl("QAT (p=1)", column)
         if not noisy or base is None or qat is None:
-            lines.append(f"{column}: not comparable yet (a cell is pending)")
+            lines.append(f"{column}: not comparable (a cell is missing)")
             continue
         best = min(noisy, key=noisy.get)
         verdict = "beat" if noisy[best] < min(base, qat) else "did NOT beat"

@@ -2,13 +2,12 @@
 
 A row is data (which iPQ configuration, how many distillation steps, Quant-Noise first or not, int8
 centroids, ...), so a new recipe is a few lines in :data:`ROWS` (issue 10 adds activation-aware iPQ by
-passing ``quantize_kwargs``). Rows whose API has not landed yet (``needs``) are reported as pending.
+passing ``quantize_kwargs``).
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from torch import nn
 import quantnoise_kernels as qn
 from quantnoise_kernels import hf, pq
 
-__all__ = ["Recipe", "ROWS", "DemoContext", "build", "missing_api"]
+__all__ = ["Recipe", "ROWS", "DemoContext", "build"]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LINEAR_YAML = os.path.join(HERE, "minilm_ipq.yaml")
@@ -49,7 +48,6 @@ class Recipe:
         target: what distillation compares: ``"embedding"`` (MSE on the pooled sentence embeddings) or
             ``"blocks"`` (every transformer block's output at every token, :func:`hf.block_outputs`, with
             :func:`hf.layerwise_mse`).
-        needs: dotted API names this row needs; missing ones make the row "pending".
     """
 
     name: str
@@ -64,24 +62,21 @@ class Recipe:
     quantize_kwargs: dict[str, Any] = field(default_factory=dict)
     calibrate: bool = False
     target: str = "embedding"
-    needs: tuple[str, ...] = ()
 
 
-_AA = ("quantnoise_kernels.pq.quantize_model_:calibration",)
 ROWS: list[Recipe] = [
     Recipe("dense fp32", config=None),
-    Recipe("scalar int8 (to_int8)", config=None, scalar_int8=True, needs=("quantnoise_kernels.scalar.to_int8",)),
+    Recipe("scalar int8 (to_int8)", config=None, scalar_int8=True),
     Recipe("iPQ Linear"),
     Recipe("iPQ Linear + distill", finetune_steps=-1),
-    Recipe("activation-aware iPQ Linear", calibrate=True, needs=_AA),
-    Recipe("activation-aware iPQ Linear + distill", finetune_steps=-1, calibrate=True, needs=_AA),
+    Recipe("activation-aware iPQ Linear", calibrate=True),
+    Recipe("activation-aware iPQ Linear + distill", finetune_steps=-1, calibrate=True),
     Recipe("Quant-Noise, then iPQ Linear + distill", finetune_steps=-1, quant_noise_steps=-1),
     Recipe(
         "iPQ Linear + int8 centroids + int8 act + distill",
         finetune_steps=-1,
         centroid_bits=8,
         act_bits=8,
-        needs=("quantnoise_kernels.pq.quantize_model_:centroid_bits",),
     ),
     Recipe("iPQ Linear + PQEmbedding + distill", config=ALL_YAML, finetune_steps=-1),
     Recipe(
@@ -93,7 +88,6 @@ ROWS: list[Recipe] = [
         finetune_steps=-1,
         calibrate=True,
         target="blocks",
-        needs=_AA,
     ),
 ]
 """The rows, in order. ``-1`` steps mean "the run's default" (``DemoContext.finetune_steps`` / ``qn_steps``)."""
@@ -114,25 +108,6 @@ class DemoContext:
     config_override: str | None = None
     progress: bool = True
     log: Callable[[str], None] = print
-
-
-def missing_api(recipe: Recipe) -> list[str]:
-    """The API names of ``recipe.needs`` that this build of quantnoise_kernels lacks."""
-    missing = []
-    for need in recipe.needs:
-        target, _, keyword = need.partition(":")
-        module_name, _, attr = target.rpartition(".")
-        try:
-            obj = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError):
-            missing.append(need)
-            continue
-        if keyword:
-            import inspect
-
-            if keyword not in inspect.signature(obj).parameters:
-                missing.append(need)
-    return missing
 
 
 def _steps(value: int, default: int) -> int:
@@ -207,7 +182,7 @@ def _finetuner(recipe: Recipe, ctx: DemoContext):
 
 
 def _scalar_int8(model: nn.Module) -> nn.Module:
-    from quantnoise_kernels import scalar  # issue 8 (pending until it lands)
+    from quantnoise_kernels import scalar
 
     scalar.quantize_model_(model, p=1.0, bits=8, update_step=1)
     return scalar.to_int8(model)

@@ -33,27 +33,24 @@ def markdown_table(rows: list[dict[str, Any]], shapes: list[str]) -> str:
     head += [f"{s} ms (vs dense)" for s in shapes] + ["build s"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for row in rows:
-        if row.get("pending"):
-            cells = [row["name"], f"pending: {row['pending']}"] + [""] * (len(head) - 2)
-        else:
-            cells = [
-                row["name"],
-                f"{row['whole_bytes'] / _MB:.2f}",
-                f"{_ratio(row, 'whole_bytes', dense):.1f}",
-                f"{row['linear_bytes'] / _MB:.2f}",
-                f"{_ratio(row, 'linear_bytes', dense):.1f}",
-                f"{row['cosine_mean']:.4f}",
-                f"{row['cosine_p5']:.4f}",
-                f"{row['recall_at_10']:.3f}",
-                *[_latency_cell(row, dense, s) for s in shapes],
-                f"{row.get('build_s', 0):.0f}",
-            ]
+        cells = [
+            row["name"],
+            f"{row['whole_bytes'] / _MB:.2f}",
+            f"{_ratio(row, 'whole_bytes', dense):.1f}",
+            f"{row['linear_bytes'] / _MB:.2f}",
+            f"{_ratio(row, 'linear_bytes', dense):.1f}",
+            f"{row['cosine_mean']:.4f}",
+            f"{row['cosine_p5']:.4f}",
+            f"{row['recall_at_10']:.3f}",
+            *[_latency_cell(row, dense, s) for s in shapes],
+            f"{row.get('build_s', 0):.0f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def _row(rows: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
-    return next((r for r in rows if r["name"] == name and not r.get("pending")), None)
+    return next((r for r in rows if r["name"] == name), None)
 
 
 def target_checks(
@@ -123,7 +120,7 @@ def plot_size_fidelity(rows: list[dict[str, Any]] | str, path: str, title: str =
 
     if isinstance(rows, str):
         rows = load_rows(rows)
-    done = [r for r in rows if not r.get("pending")]
+    done = rows
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for ax, key, label in (
         (axes[0], "whole_bytes", "whole model, MB held (log)"),
