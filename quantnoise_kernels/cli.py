@@ -21,11 +21,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import logging
 import os
 import sys
 import tempfile
 from collections.abc import Sequence
+
+from ._torchao import import_torchao_quietly
 
 __all__ = ["main", "build_parser", "atomic_save"]
 
@@ -248,23 +249,6 @@ def _one_line(error: BaseException) -> str:
     return text if isinstance(error, (CLIError, FileNotFoundError, ValueError)) else f"{type(error).__name__}: {text}"
 
 
-def _import_torchao_quietly() -> None:
-    """Import torchao with its and torch's ``_pytree`` loggers at ERROR: on import torchao warns once per
-    prebuilt CUDA/other-Python extension it cannot load and torch warns that torchao registers an Enum as a
-    pytree constant; neither concerns the user of this command (later imports of torchao are no-ops)."""
-    quiet = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [one.level for one in quiet]
-    for one in quiet:
-        one.setLevel(logging.ERROR)
-    try:
-        import torchao  # noqa: F401
-    except ImportError:  # a declared dependency; quantnoise_kernels.scalar says so where it needs it
-        pass
-    finally:
-        for one, level in zip(quiet, levels):
-            one.setLevel(level)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 success, 1 error, 2 usage error, 130 interrupted)."""
     parser = build_parser()
@@ -273,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--batch-size must be >= 1 and --max-length >= 2")
     if getattr(args, "finetune_steps", 0) < 0 or getattr(args, "n_iter", 1) < 1 or getattr(args, "lr", 1.0) <= 0:
         parser.error("--finetune-steps must be >= 0, --n-iter >= 1 and --lr > 0")
-    _import_torchao_quietly()
+    import_torchao_quietly()  # before transformers imports it
     try:
         return args.func(args)
     except KeyboardInterrupt:

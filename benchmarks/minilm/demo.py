@@ -23,6 +23,7 @@ import torch
 from benchmarks.corpus import docstring_sentences
 from benchmarks.minilm import measure, recipes, report
 from quantnoise_kernels import cli, hf, pq
+from quantnoise_kernels._torchao import import_torchao_quietly
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     info = measure.machine()
     log(f"machine: {info}")
     model_dir = args.model_dir or find_minilm()
+    import_torchao_quietly()  # before transformers imports it
     dense, tokenizer = hf.load_encoder(model_dir, progress=False)
     dense.requires_grad_(False)
     train, held = _split(settings)

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import math
 
 import torch
 from torch import Tensor
+
+from .._torchao import import_torchao_quietly
 
 __all__ = ["METHODS", "QuantGrid", "QParams", "observe", "QParamsCache", "QParamsCacheViews"]
 
@@ -90,19 +91,7 @@ class QParams:
 
 @functools.cache
 def _observer_classes():
-    # torchao logs at warning level that its CUDA-only libraries do not load on a CPU build, and
-    # torch warns once about an Enum registration: noise for our users, silenced for the import.
-    quiet = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [lg.level for lg in quiet]
-    for lg in quiet:
-        lg.setLevel(logging.ERROR)
-    try:
-        from torchao.quantization.pt2e import observer
-    except ImportError as error:  # pragma: no cover - torchao is a dependency
-        raise ImportError("quantnoise_kernels.scalar needs torchao (pip install torchao)") from error
-    finally:
-        for lg, level in zip(quiet, levels):
-            lg.setLevel(level)
+    observer = import_torchao_quietly("torchao.quantization.pt2e.observer")
     return observer.MinMaxObserver, observer.PerChannelMinMaxObserver, observer.HistogramObserver
 
 
