@@ -68,6 +68,18 @@ def test_update_matches_reference(device, diag):
 
 
 @pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("bad", [17, -1])
+def test_update_rejects_a_code_equal_to_k_or_negative(device, bad):
+    """The edges of the code range, among valid codes: K (a write into the next problem's first
+    centroid, or past the end of the last problem's) and -1, in the first problem of two."""
+    x, _, h = _problem(device=device)
+    codes = torch.randint(0, 17, x.shape[:2], device=device)
+    codes[0, 33] = bad
+    with pytest.raises(ValueError, match=r"kmeans_update_weighted: codes must lie in \[0, n_centroids=17\)"):
+        ops.kmeans_update_weighted(x, codes, h, 17)
+
+
+@pytest.mark.parametrize("device", device_params())
 def test_identity_h_is_plain_kmeans(device):
     """H = I (full or diagonal): the same fmaf chains as kmeans_assign, so codes and distances are bit-identical."""
     x, c, _ = _problem(device=device)
