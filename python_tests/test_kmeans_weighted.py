@@ -48,6 +48,26 @@ def test_assign_matches_reference(device, diag):
     assert (ours_exact <= full.double() * (1 + 1e-4) + 1e-5).all()
 
 
+@pytest.mark.parametrize("device", device_params())
+def test_assign_across_centroid_tiles(device):
+    """More centroids than one shared-memory tile of the CUDA kernel holds (the rule of
+    kmeans_assign_weighted_tile_k: 32 KiB less H, 2 D + 1 floats per centroid), the last tile partial,
+    and a duplicate of centroid 0 in the last tile: the restaging and the tile offset of the codes."""
+    dim, k = 16, 500
+    tile_k = (32 * 1024 // 4 - dim * dim) // (2 * dim + 1)
+    assert 2 * tile_k < k < 3 * tile_k
+    x, c, h = _problem(batch=1, groups=1, per_group=300, k=k, dim=dim, device=device)
+    c[0, -1] = c[0, 0]
+    x[0, :10] = c[0, 0]  # points on centroid 0 (and on its copy, which must never win)
+    codes, dist = ops.kmeans_assign_weighted(x, c, h)
+    ref_codes, full = reference.kmeans_assign_weighted(x.cpu(), c.cpu(), h.cpu())
+    assert (codes.cpu() == ref_codes).float().mean() >= 0.98
+    assert (codes[0, :10] == 0).all()
+    ours_exact = _weighted_dist(x.cpu(), c.cpu(), h.cpu(), codes.cpu())
+    torch.testing.assert_close(dist.cpu(), ours_exact.float(), rtol=1e-4, atol=1e-5)
+    assert (ours_exact <= full.double() * (1 + 1e-4) + 1e-5).all()
+
+
 def _weighted_dist(x, c, h, codes):
     hp = h.double() if h.dim() == 4 else torch.diag_embed(h.double())
     hp = hp.repeat(1, x.shape[1] // h.shape[1], 1, 1)

@@ -13,12 +13,14 @@ extension for csrc/cpu, csrc/ops.cpp, csrc/module.cpp; the emulated CUDA library
 csrc/emu, which python_tests/emu.py rebuilds with ninja when the tests load it; both for
 csrc/include and csrc/host; nothing for Python), runs the patch's tests, and reverts it (always:
 also on a failure or Ctrl-C; the tree is checked clean against the state it started from). A
-mutant is `caught` when its tests fail (or its build fails with a compile error: reported as such,
-since a mutant must compile to count), `SURVIVED` when they pass. Mutants whose path this machine
-cannot run (an ISA it lacks, or `asan` without `--asan`) are `not run: <why>`. After the last one,
-what the mutants touched is rebuilt from the clean sources, so the in-place build is the tree's.
+mutant is `caught` when its tests fail, `SURVIVED` when they pass, `CRASHED` when the test process
+dies of a signal (an allocator abort after an out-of-bounds write: luck, not a test; outside the
+ASan run that counts as a failure), `BROKEN` when the patch no longer applies or does not compile.
+Mutants whose path this machine cannot run (an ISA it lacks, or `asan` without `--asan`) are
+`not run: <why>`. After the last one, what the mutants touched is rebuilt from the clean sources,
+so the in-place build is the tree's.
 
-Exit status: 1 if any mutant that ran survived (or a patch no longer applies), else 0.
+Exit status: 1 if any mutant that ran survived, crashed or is broken, or the tree is not clean after.
 
     python tools/mutants.py                  # every mutant
     python tools/mutants.py -k kmeans        # mutants whose file name contains a word
@@ -208,7 +210,14 @@ def main() -> int:
                 verdict = results[m.name] = "BROKEN: does not compile (a mutant must build: fix the patch)"
             else:
                 rc = run_tests(m, log, args.asan)
-                verdict = "caught" if rc not in (0, 5) else ("SURVIVED" if rc == 0 else "SURVIVED (no test selected)")
+                if rc < 0 and not (args.asan and "asan" in m.needs):
+                    # Killed by a signal (an allocator abort, a segfault): luck, not a test. A test
+                    # must assert, or the mutant be marked `Needs: asan`.
+                    verdict = f"CRASHED (signal {-rc}): caught by luck, not by an assertion"
+                elif rc in (0, 5):
+                    verdict = "SURVIVED" if rc == 0 else "SURVIVED (no test selected)"
+                else:
+                    verdict = "caught"
                 results[m.name] = verdict
             revert()
             print(f"{m.name:44s} {verdict}  ({time.monotonic() - t0:.0f} s, log {log.relative_to(ROOT)})", flush=True)
@@ -232,11 +241,11 @@ def main() -> int:
     ran = [n for n, r in results.items() if not r.startswith("not run")]
     caught = [n for n in ran if results[n].startswith("caught")]
     survived = [n for n in ran if results[n].startswith("SURVIVED")]
-    broken = [n for n in ran if results[n].startswith("BROKEN")]
+    broken = [n for n in ran if results[n].startswith(("BROKEN", "CRASHED"))]
     not_run = [n for n, r in results.items() if r.startswith("not run")]
     print(f"{len(results)} planted, {len(caught)} caught", end="")
-    print(f", {len(survived)} survived" if survived else "", end="")
-    print(f", {len(broken)} broken" if broken else "", end="")
+    print(f", {len(survived)} SURVIVED ({', '.join(survived)})" if survived else "", end="")
+    print(f", {len(broken)} broken or crashed ({', '.join(broken)})" if broken else "", end="")
     print(f", {len(not_run)} not run ({', '.join(not_run)})" if not_run else "", end="")
     print(f"  [{time.monotonic() - start:.0f} s]")
     return 1 if survived or broken or dirty else 0
