@@ -23,7 +23,7 @@ so the in-place build is the tree's.
 Exit status: 1 if any mutant that ran survived, crashed or is broken, or the tree is not clean after.
 
     python tools/mutants.py                  # every mutant
-    python tools/mutants.py -k kmeans        # mutants whose file name contains a word
+    python tools/mutants.py -k kmeans,02-    # mutants whose file name contains one of the words
     python tools/mutants.py --list           # the list, run nothing
     python tools/mutants.py --asan           # `asan` mutants too, against the ASan build (slow)
 """
@@ -159,13 +159,19 @@ def why_not_run(m: Mutant, missing: dict[str, str], asan: bool) -> str | None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("-k", dest="select", default="", help="only mutants whose file name contains this")
+    ap.add_argument(
+        "-k",
+        dest="select",
+        default="",
+        help="only mutants whose file name contains one of these (comma-separated) words",
+    )
     ap.add_argument("--list", action="store_true", help="print the mutants and their tests, run nothing")
     ap.add_argument("--asan", action="store_true", help="also run the `asan` mutants against build/asan")
     ap.add_argument("--log", default=str(ROOT / "build" / "mutants"), help="one log per mutant here")
     args = ap.parse_args()
 
-    mutants = [parse(p) for p in sorted(MUTANTS.glob("*.patch")) if args.select in p.stem]
+    words = [w for w in args.select.split(",") if w] or [""]
+    mutants = [parse(p) for p in sorted(MUTANTS.glob("*.patch")) if any(w in p.stem for w in words)]
     if args.list:
         for m in mutants:
             print(f"{m.name}: {m.title}\n    {' '.join(m.files)} -> {shlex.join(m.tests)} {' '.join(m.needs)}")
