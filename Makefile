@@ -10,7 +10,7 @@ PY := $(abspath $(VENV))/bin/python
 STAMP := $(VENV)/.deps-installed
 CMAKE_BUILD ?= build/cmake
 
-.PHONY: setup build test test-python test-cpp test-asan cuda-build editable-check gpu-check demo demo-quick paper-table smoke bench bench-extras lint format clean
+.PHONY: setup build test test-python test-cpp test-asan mutants cuda-build editable-check gpu-check demo demo-quick paper-table smoke bench bench-extras lint format clean
 
 setup: $(STAMP)
 
@@ -56,6 +56,16 @@ test-asan: setup
 	cd $(ASAN_BUILD)/lib && $(ASAN_ENV) $(PY) -c 'import quantnoise_kernels as q; print("asan build:", q._C.__file__)'
 	cd $(ASAN_BUILD)/lib && $(ASAN_ENV) MAX_JOBS=$(MAX_JOBS) $(PY) -m pytest $(CURDIR)/python_tests -q \
 		-o pythonpath= -p no:cacheprovider -m "not slow" $(foreach f,$(ASAN_SKIP),--ignore=$(CURDIR)/python_tests/$(f))
+
+# The planted-bug check after touching a kernel (not part of `make test`; csrc/README.md): each
+# tools/mutants/*.patch applied alone, what it touches rebuilt (in-place extension and/or emulated
+# CUDA library, ninja-incremental), its tests run, the patch reverted. One line per mutant, then
+# "N planted, N caught"; fails if a mutant whose path this machine runs survives. MUTANTS=word
+# selects by file name; ASAN=1 also runs the `asan` ones against the build of `make test-asan`.
+MUTANTS ?=
+ASAN ?= 0
+mutants: build
+	MAX_JOBS=$(MAX_JOBS) $(PY) tools/mutants.py $(if $(MUTANTS),-k $(MUTANTS)) $(if $(filter 1,$(ASAN)),--asan)
 
 # The real CUDA build, without a GPU: a separate venv with the CUDA build of torch, nvcc for one
 # architecture, then: import, every op has a CUDA kernel, and the test suite on that build (CPU

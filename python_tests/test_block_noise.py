@@ -38,6 +38,17 @@ def test_matches_reference(device, dtype, shape, block_size, contiguous):
     assert torch.equal(w, w_before), "the input weight must never be written"
 
 
+@pytest.mark.parametrize("block_size", [1, 4, 8, 3])
+def test_matches_reference_on_every_cpu_path(isa, block_size):
+    """Each CPU path's Philox draws (the AVX2 one of the avx2 and avx512 paths, the portable one)
+    and block loops: the fixed block sizes 1, 4, 8 and a generic 3, an offset, seeds whose two 32-bit
+    words both matter, 300 x 24 entries (tasks of whole 32-block batches and a partial last one)."""
+    w = torch.randn(300, 24)
+    for seed in (int(torch.randint(2**32, 2**62, ())), 7):
+        out = ops.block_noise(w, 0.4, block_size, seed, offset=3)
+        torch.testing.assert_close(out, reference.block_noise(w, 0.4, block_size, seed, offset=3), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("rescale", [True, False])
 def test_rescale_option(device, rescale):

@@ -203,6 +203,8 @@ def _bad(w, **over):
     [
         ({"quant_min": 0, "quant_max": 2}, ValueError, r"quant_min and quant_max must span 2 to 8 bits .*got \[0, 2\]"),
         ({"quant_min": 0, "quant_max": 511}, ValueError, r"span 2 to 8 bits \(4 to 256 levels\), got \[0, 511\]"),
+        ({"quant_min": 0, "quant_max": 256}, ValueError, r"span 2 to 8 bits \(4 to 256 levels\), got \[0, 256\]"),
+        ({"quant_min": -128, "quant_max": 128}, ValueError, r"span 2 to 8 bits .*got \[-128, 128\]"),
         ({"scale": torch.tensor([0.0])}, ValueError, r"scale must be positive and finite, got values in \[0, 0\]"),
         ({"scale": torch.tensor([-1.0])}, ValueError, r"scale must be positive and finite"),
         ({"scale": torch.tensor([0.1], dtype=torch.float64)}, TypeError, r"scale must be float32, got dtype Double"),

@@ -138,6 +138,21 @@ def test_op_errors(device):
         ops.kmeans_update(x, torch.zeros(1, 10, dtype=torch.int64, device=device), 0)
 
 
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("bad", [3, -1])
+def test_update_code_edges_in_the_first_of_two_problems(device, bad):
+    """A code equal to K (or -1) in problem 0 of two: a kernel that let it through would write into
+    problem 1's first centroid (or problem 0's last count), inside its buffers, so nothing but this
+    check finds it (test_op_errors' single problem would write past the end: caught, if at all, by
+    the allocator)."""
+    x = torch.randn(2, 10, 4, device=device)
+    codes = torch.randint(0, 3, (2, 10), device=device)
+    codes[0, 6] = bad
+    got = "" if runs_cuda_kernel(device) else f", got {bad}"
+    with pytest.raises(ValueError, match=r"codes must lie in \[0, n_centroids=3\)" + got):
+        ops.kmeans_update(x, codes, 3)
+
+
 def test_large_k():
     x, c = torch.randn(1, 200, 4), torch.randn(1, 65536, 4)
     codes, d = ops.kmeans_assign(x, c)

@@ -48,6 +48,26 @@ def test_assign_matches_reference(device, diag):
     assert (ours_exact <= full.double() * (1 + 1e-4) + 1e-5).all()
 
 
+@pytest.mark.parametrize("device", device_params())
+def test_assign_across_centroid_tiles(device):
+    """More centroids than one shared-memory tile of the CUDA kernel holds (the rule of
+    kmeans_assign_weighted_tile_k: 32 KiB less H, 2 D + 1 floats per centroid), the last tile partial,
+    and a duplicate of centroid 0 in the last tile: the restaging and the tile offset of the codes."""
+    dim, k = 16, 500
+    tile_k = (32 * 1024 // 4 - dim * dim) // (2 * dim + 1)
+    assert 2 * tile_k < k < 3 * tile_k
+    x, c, h = _problem(batch=1, groups=1, per_group=300, k=k, dim=dim, device=device)
+    c[0, -1] = c[0, 0]
+    x[0, :10] = c[0, 0]  # points on centroid 0 (and on its copy, which must never win)
+    codes, dist = ops.kmeans_assign_weighted(x, c, h)
+    ref_codes, full = reference.kmeans_assign_weighted(x.cpu(), c.cpu(), h.cpu())
+    assert (codes.cpu() == ref_codes).float().mean() >= 0.98
+    assert (codes[0, :10] == 0).all()
+    ours_exact = _weighted_dist(x.cpu(), c.cpu(), h.cpu(), codes.cpu())
+    torch.testing.assert_close(dist.cpu(), ours_exact.float(), rtol=1e-4, atol=1e-5)
+    assert (ours_exact <= full.double() * (1 + 1e-4) + 1e-5).all()
+
+
 def _weighted_dist(x, c, h, codes):
     hp = h.double() if h.dim() == 4 else torch.diag_embed(h.double())
     hp = hp.repeat(1, x.shape[1] // h.shape[1], 1, 1)
@@ -65,6 +85,18 @@ def test_update_matches_reference(device, diag):
     for g, w in zip(got[:3], want[:3]):
         torch.testing.assert_close(g.cpu(), w, rtol=1e-5, atol=1e-4)
     assert torch.equal(got[3].cpu(), want[3])
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("bad", [17, -1])
+def test_update_rejects_a_code_equal_to_k_or_negative(device, bad):
+    """The edges of the code range, among valid codes: K (a write into the next problem's first
+    centroid, or past the end of the last problem's) and -1, in the first problem of two."""
+    x, _, h = _problem(device=device)
+    codes = torch.randint(0, 17, x.shape[:2], device=device)
+    codes[0, 33] = bad
+    with pytest.raises(ValueError, match=r"kmeans_update_weighted: codes must lie in \[0, n_centroids=17\)"):
+        ops.kmeans_update_weighted(x, codes, h, 17)
 
 
 @pytest.mark.parametrize("device", device_params())

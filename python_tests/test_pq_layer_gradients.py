@@ -69,6 +69,20 @@ def test_pqembedding_gradient_options(device, padding_idx, scale_grad_by_freq, m
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("padding_idx", [0, -ROWS])
+def test_pqembedding_padding_idx_zero(device, padding_idx):
+    """padding_idx = 0 (falsy) and its negative spelling: row 0 gets no gradient, by value."""
+    codes, c0 = _codebook(ROWS, DIM)
+    idx = torch.tensor([[0, 5, 0, 9], [2, 0, 5, 1]])
+    pq = PQEmbedding(c0, codes, ROWS, DIM, padding_idx=padding_idx).to(device)
+    g = torch.randn(2, 4, DIM)
+    pq(idx.to(device)).backward(g.to(device))
+    c = c0.clone().requires_grad_()
+    _reference_embedding(idx, codes, c, 0, None, False).backward(g)
+    torch.testing.assert_close(pq.centroids.grad.cpu(), c.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("grad_reduction", ["sum", "mean"])
 def test_pqlinear_grad_reduction(device, grad_reduction):
     out_f, in_f = 24, 32
