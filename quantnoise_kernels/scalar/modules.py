@@ -51,7 +51,18 @@ class IntLayerKwargs(IntQuantKwargs, total=False):
     dtype: torch.dtype | None
 
 
+class IntFromFloatKwargs(IntQuantKwargs, total=False):
+    """The keyword-only arguments of ``from_float`` after ``p``: fairseq's ``bits`` (default 8), ``update_step``
+    (default 1000) and ``method`` (default "histogram"), as the constructors take them, and
+    :class:`IntQuantKwargs`."""
+
+    bits: int
+    update_step: int
+    method: str
+
+
 _QUANT_KEYWORDS = tuple(IntQuantKwargs.__annotations__)
+_FROM_FLOAT_KEYWORDS = tuple(IntFromFloatKwargs.__annotations__)
 _LAYER_KEYWORDS = tuple(IntLayerKwargs.__annotations__)
 
 _NOISE_ATTRS = ("quant_noise_config", "quant_noise_qparams", "_quant_noise_ran", "_quant_noise_checked")
@@ -78,7 +89,13 @@ class IntModule(QParamsCacheViews):
     _FLOAT_MODULE: type[nn.Module]
 
     def _init_quant(
-        self, p: float, bits: int, method: str, update_step: int, block_size: int = 1, symmetric: bool = False
+        self,
+        p: float,
+        bits: int = 8,
+        method: str = "histogram",
+        update_step: int = 1000,
+        block_size: int = 1,
+        symmetric: bool = False,
     ) -> None:
         self.p = check_p(p)
         check_block_size(block_size, tuple(self.weight.shape), type(self).__name__)
@@ -110,24 +127,18 @@ class IntModule(QParamsCacheViews):
         return fake_quant_noise(self.weight, self._effective_p(), self._qparams(), block_size=self.block_size)
 
     @classmethod
-    def from_float(
-        cls,
-        module: nn.Module,
-        p: float = 0.0,
-        bits: int = 8,
-        update_step: int = 1000,
-        method: str = "histogram",
-        **options: Unpack[IntQuantKwargs],
-    ):
+    def from_float(cls, module: nn.Module, p: float = 0.0, **options: Unpack[IntFromFloatKwargs]):
         """An Int layer **sharing** ``module``'s parameters (fairseq builds it the same way: no
         ``__init__``, the module's state copied over), so the optimizer keeps working on them. A module
-        wrapped by ``quant_noise`` is taken as the layer it wraps (its noise is dropped)."""
-        check_keywords(f"{cls.__name__}.from_float", options, _QUANT_KEYWORDS)
+        wrapped by ``quant_noise`` is taken as the layer it wraps (its noise is dropped). The options
+        (:class:`IntFromFloatKwargs`: ``bits``, ``update_step``, ``method``, ``block_size``, ``symmetric``)
+        are keyword-only."""
+        check_keywords(f"{cls.__name__}.from_float", options, _FROM_FLOAT_KEYWORDS)
         base = type(module).__mro__[1] if is_noise_wrapped(module) else type(module)
         if base is not cls._FLOAT_MODULE:
             raise TypeError(f"{cls.__name__}.from_float: expected {cls._FLOAT_MODULE.__name__}, got {base.__name__}")
         new = _rebind(module, cls, drop=_NOISE_ATTRS)
-        new._init_quant(p, bits, method, update_step, **options)
+        new._init_quant(p, **options)
         return new
 
     def to_float(self) -> nn.Module:

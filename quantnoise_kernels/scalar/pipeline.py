@@ -104,7 +104,7 @@ def quantize_model_(
     plan = _plan(model, p, block_size)
     for name, module in plan:
         layer = MAPPING[unwrapped_class(module)].from_float(
-            module, p, bits, update_step, method, block_size=block_size, symmetric=symmetric
+            module, p, bits=bits, update_step=update_step, method=method, block_size=block_size, symmetric=symmetric
         )
         if quantize_activations:
             # per-channel activations would mean per batch row: activations use one scale then
