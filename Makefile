@@ -44,8 +44,11 @@ test-cpp: setup
 ASAN_BUILD ?= build/asan
 # Model-level flows (CLI, demo, paper table, README example, end-to-end training): every kernel they
 # call is run op by op, on every edge case, by the other files; under ASan they only cost CI time.
+# So do opcheck and torch.compile tests (ASAN_DESELECT): they check the registration, fake kernels
+# and tracing (uninstrumented torch), on inputs the other tests run through the same kernels.
 ASAN_SKIP ?= test_cli.py test_main_job.py test_minilm_recipe.py test_readme_example.py test_e2e_flow.py \
 	test_scalar_flow.py test_flow_load.py test_flow_quantize.py test_benchmarks.py
+ASAN_DESELECT ?= not opcheck and not compile
 ASAN_ENV = QUANTNOISE_SANITIZE=1 LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
 	ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 test-asan: setup
@@ -55,7 +58,7 @@ test-asan: setup
 		--build-lib $(ASAN_BUILD)/lib --build-temp $(ASAN_BUILD)/temp
 	cd $(ASAN_BUILD)/lib && $(ASAN_ENV) $(PY) -c 'import quantnoise_kernels as q; print("asan build:", q._C.__file__)'
 	cd $(ASAN_BUILD)/lib && $(ASAN_ENV) MAX_JOBS=$(MAX_JOBS) $(PY) -m pytest $(CURDIR)/python_tests -q \
-		-o pythonpath= -p no:cacheprovider -m "not slow" $(foreach f,$(ASAN_SKIP),--ignore=$(CURDIR)/python_tests/$(f))
+		-o pythonpath= -p no:cacheprovider -m "not slow" -k "$(ASAN_DESELECT)" $(foreach f,$(ASAN_SKIP),--ignore=$(CURDIR)/python_tests/$(f))
 
 # The planted-bug check after touching a kernel (not part of `make test`; csrc/README.md): each
 # tools/mutants/*.patch applied alone, what it touches rebuilt (in-place extension and/or emulated
