@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 from devices import device_params
+from launch_constants import constant
 
 from quantnoise_kernels import ops, reference
 from quantnoise_kernels.clustering import kmeans
@@ -51,10 +52,12 @@ def test_assign_matches_reference(device, diag):
 @pytest.mark.parametrize("device", device_params())
 def test_assign_across_centroid_tiles(device):
     """More centroids than one shared-memory tile of the CUDA kernel holds (the rule of
-    kmeans_assign_weighted_tile_k: 32 KiB less H, 2 D + 1 floats per centroid), the last tile partial,
-    and a duplicate of centroid 0 in the last tile: the restaging and the tile offset of the codes."""
-    dim, k = 16, 500
-    tile_k = (32 * 1024 // 4 - dim * dim) // (2 * dim + 1)
+    kmeans_assign_weighted_tile_k: kKMeansWeightedSmemBytes less H, 2 D + 1 floats per centroid), the
+    last tile partial, and a duplicate of centroid 0 in the last tile: the restaging and the tile
+    offset of the codes."""
+    dim = 16
+    tile_k = (constant("kmeans_weighted_kernels.cuh", "kKMeansWeightedSmemBytes") // 4 - dim * dim) // (2 * dim + 1)
+    k = 2 * tile_k + 20  # three tiles, the last partial
     assert 2 * tile_k < k < 3 * tile_k
     x, c, h = _problem(batch=1, groups=1, per_group=300, k=k, dim=dim, device=device)
     c[0, -1] = c[0, 0]

@@ -65,7 +65,7 @@ void launch_block_noise_backward(const scalar_t* grad, const scalar_t* w, scalar
                                  int64_t block_size, int64_t row_len, BlockRng rng, const int64_t* seed_on_device,
                                  bool straight_through, const Kind& kind, cudaStream_t stream,
                                  const int64_t* rows = nullptr) {
-  QN_LAUNCH_KERNEL(grid_blocks(numel, kThreadsPerBlock), kThreadsPerBlock, 0, stream,
+  QN_LAUNCH_KERNEL(grid_stride_blocks(numel, kThreadsPerBlock), kThreadsPerBlock, 0, stream,
                    block_noise_backward_kernel<scalar_t, Kind>)
   (grad, w, out, numel, block_size, row_len, rng, seed_on_device, straight_through, kind, rows);
 }
@@ -106,7 +106,7 @@ void launch_block_noise_centroid(const scalar_t* in, scalar_t* out, int64_t n_bl
                                  int64_t blocks_per_row, const int64_t* rows, cudaStream_t stream) {
   const int64_t c_bytes = K * block_size * static_cast<int64_t>(sizeof(scalar_t));
   const bool use_smem_c = c_bytes <= kCentroidMaxSmemC;
-  QN_LAUNCH_KERNEL(grid_blocks(n_blocks, kThreadsPerBlock), kThreadsPerBlock,
+  QN_LAUNCH_KERNEL(grid_stride_blocks(n_blocks, kThreadsPerBlock), kThreadsPerBlock,
                    use_smem_c ? static_cast<size_t>(c_bytes) : 0, stream,
                    block_noise_centroid_kernel<scalar_t, opmath_t>)
   (in, out, n_blocks, block_size, C, K, use_smem_c, rng, seed_on_device, blocks_per_row, rows);
@@ -118,7 +118,7 @@ template <typename scalar_t, typename Kind>
 void launch_block_noise_elementwise(const scalar_t* in, scalar_t* out, int64_t numel, int64_t block_size,
                                     int64_t row_len, BlockRng rng, const int64_t* seed_on_device, const Kind& kind,
                                     cudaStream_t stream, const int64_t* rows) {
-  QN_LAUNCH_KERNEL(grid_blocks(numel, kThreadsPerBlock), kThreadsPerBlock, 0, stream,
+  QN_LAUNCH_KERNEL(grid_stride_blocks(numel, kThreadsPerBlock), kThreadsPerBlock, 0, stream,
                    block_noise_elementwise_kernel<scalar_t, Kind>)
   (in, out, numel, block_size, row_len, rng, seed_on_device, kind, rows);
 }

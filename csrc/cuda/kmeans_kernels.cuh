@@ -93,9 +93,10 @@ __global__ void kmeans_update_kernel(const scalar_t* __restrict__ x, const int64
 
 // Launch configurations, shared by the CUDA launchers (kmeans.cu) and the emulated ones
 // (csrc/emu/kmeans_emu.cpp).
-// Centroids per shared-memory tile: 32 KiB of shared memory (and at least one centroid).
+// Centroids per shared-memory tile: kKMeansAssignSmemBytes of shared memory (and at least one centroid).
+constexpr int64_t kKMeansAssignSmemBytes = 32 * 1024;
 inline int64_t kmeans_assign_tile_k(int64_t k, int64_t dim) {
-  return std::max<int64_t>(1, std::min<int64_t>(k, (32 * 1024 / 4) / (dim + 1)));
+  return std::max<int64_t>(1, std::min<int64_t>(k, (kKMeansAssignSmemBytes / 4) / (dim + 1)));
 }
 inline size_t kmeans_assign_smem_bytes(int64_t k, int64_t dim) {
   return static_cast<size_t>(kmeans_assign_tile_k(k, dim) * (dim + 1)) * sizeof(float);
@@ -104,7 +105,7 @@ inline size_t kmeans_assign_smem_bytes(int64_t k, int64_t dim) {
 template <typename scalar_t, typename centroid_t>
 void launch_kmeans_assign(const scalar_t* x, const centroid_t* centroids, const float* max_c, int64_t* codes,
                           float* dist, int64_t batch, int64_t n, int64_t k, int64_t dim, cudaStream_t stream) {
-  const dim3 grid(grid_blocks(n, kThreadsPerBlock, 4096), static_cast<unsigned>(batch));
+  const dim3 grid(grid_stride_blocks(n, kThreadsPerBlock, 4096), static_cast<unsigned>(batch));
   QN_LAUNCH_KERNEL(grid, kThreadsPerBlock, kmeans_assign_smem_bytes(k, dim), stream,
                    kmeans_assign_kernel<scalar_t, centroid_t>)
   (x, centroids, max_c, codes, dist, n, k, dim, kmeans_assign_tile_k(k, dim));
@@ -113,7 +114,7 @@ void launch_kmeans_assign(const scalar_t* x, const centroid_t* centroids, const 
 template <typename scalar_t>
 void launch_kmeans_update(const scalar_t* x, const int64_t* codes, float* sums, unsigned long long* counts, int* bad,
                           int64_t batch, int64_t n, int64_t k, int64_t dim, cudaStream_t stream) {
-  QN_LAUNCH_KERNEL(grid_blocks(batch * n, kThreadsPerBlock, int64_t{1} << 16), kThreadsPerBlock, 0, stream,
+  QN_LAUNCH_KERNEL(grid_stride_blocks(batch * n, kThreadsPerBlock, int64_t{1} << 16), kThreadsPerBlock, 0, stream,
                    kmeans_update_kernel<scalar_t>)
   (x, codes, sums, counts, bad, batch, n, k, dim);
 }

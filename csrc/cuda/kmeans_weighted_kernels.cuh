@@ -113,10 +113,11 @@ __global__ void kmeans_update_weighted_kernel(const scalar_t* __restrict__ x, co
 }
 
 // Launch configurations, shared by the CUDA launchers (kmeans_weighted.cu) and the emulated ones.
-// Centroids per shared-memory tile: what fits in 32 KiB next to H (at least one).
+// Centroids per shared-memory tile: what fits in kKMeansWeightedSmemBytes next to H (at least one).
+constexpr int64_t kKMeansWeightedSmemBytes = 32 * 1024;
 inline int64_t kmeans_assign_weighted_tile_k(int64_t k, int64_t dim, bool diag) {
   const int64_t hd = diag ? dim : dim * dim;
-  return std::max<int64_t>(1, std::min<int64_t>(k, (32 * 1024 / 4 - hd) / (2 * dim + 1)));
+  return std::max<int64_t>(1, std::min<int64_t>(k, (kKMeansWeightedSmemBytes / 4 - hd) / (2 * dim + 1)));
 }
 inline size_t kmeans_assign_weighted_smem_bytes(int64_t k, int64_t dim, bool diag) {
   const int64_t hd = diag ? dim : dim * dim;
@@ -141,7 +142,7 @@ template <typename scalar_t>
 void launch_kmeans_update_weighted(const scalar_t* x, const int64_t* codes, const float* h, float* h_sums,
                                    float* hx_sums, float* sums, unsigned long long* counts, int* bad, int64_t batch,
                                    int64_t n, int64_t k, int64_t dim, int64_t groups, bool diag, cudaStream_t stream) {
-  QN_LAUNCH_KERNEL(grid_blocks(batch * n, kThreadsPerBlock, int64_t{1} << 16), kThreadsPerBlock, 0, stream,
+  QN_LAUNCH_KERNEL(grid_stride_blocks(batch * n, kThreadsPerBlock, int64_t{1} << 16), kThreadsPerBlock, 0, stream,
                    kmeans_update_weighted_kernel<scalar_t>)
   (x, codes, h, h_sums, hx_sums, sums, counts, bad, batch, n, k, dim, groups, diag);
 }

@@ -30,7 +30,7 @@ __global__ void pq_embedding_kernel(const index_t* __restrict__ indices, const c
 template <typename scalar_t, typename code_t, typename index_t>
 void launch_pq_embedding(const index_t* indices, const code_t* codes, const scalar_t* C, int64_t bs, int64_t n_blocks,
                          int64_t numel, scalar_t* out, cudaStream_t stream) {
-  QN_LAUNCH_KERNEL(grid_blocks(numel, kThreadsPerBlock), kThreadsPerBlock, 0, stream,
+  QN_LAUNCH_KERNEL(grid_stride_blocks(numel, kThreadsPerBlock), kThreadsPerBlock, 0, stream,
                    pq_embedding_kernel<scalar_t, code_t, index_t>)
   (indices, codes, C, bs, n_blocks, numel, out);
 }
@@ -71,7 +71,7 @@ void launch_pq_embedding_backward(const T* grad, const index_t* indices, const c
   const bool use_smem = kbs * static_cast<int64_t>(sizeof(T)) <= kEmbBwdSmemBytes;
   // Few blocks when they accumulate in shared memory: each flushes K*bs atomics at its end.
   const int64_t max_blocks = use_smem ? 256 : (int64_t{1} << 20);
-  QN_LAUNCH_KERNEL(grid_blocks(numel, kThreadsPerBlock, max_blocks), kThreadsPerBlock,
+  QN_LAUNCH_KERNEL(grid_stride_blocks(numel, kThreadsPerBlock, max_blocks), kThreadsPerBlock,
                    use_smem ? static_cast<size_t>(kbs * sizeof(T)) : size_t{0}, stream,
                    pq_embedding_backward_kernel<T, code_t, index_t>)
   (grad, indices, codes, n_blocks, bs, numel, kbs, use_smem, gc);

@@ -96,7 +96,7 @@ void launch_pq_linear_backward(const T* gy, const T* x, const code_t* codes, int
                                int64_t M, int64_t out, int64_t n_blocks, int64_t K, int64_t bs, T* gx, T* gc,
                                cudaStream_t stream) {
   const PqBwdTiling t = pq_bwd_tiling<T>(K);
-  const dim3 grid(grid_blocks(n_blocks, 1, kMaxGridDimX), grid_blocks(M, t.rows, kMaxGridDimY));
+  const dim3 grid(grid_blocks(n_blocks, 1, kMaxGridDimX), grid_stride_blocks(M, t.rows, kMaxGridDimY));
   QN_LAUNCH_KERNEL(grid, kBwdThreads, static_cast<size_t>(pq_bwd_smem_bytes<T>(t)), stream,
                    pq_linear_backward_kernel<T, code_t>)
   (gy, x, codes, so, sj, C, M, out, n_blocks, K, bs, t.rows, t.kc, gx, gc);

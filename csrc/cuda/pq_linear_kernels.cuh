@@ -51,7 +51,7 @@ __global__ void pq_decode_kernel(const code_t* __restrict__ codes, int64_t so, i
 template <typename scalar_t, typename code_t>
 void launch_pq_decode(const code_t* codes, int64_t so, int64_t sj, const scalar_t* C, int64_t bs, int64_t n_blocks,
                       int64_t numel, scalar_t* W, cudaStream_t stream) {
-  QN_LAUNCH_KERNEL(grid_blocks(numel, kThreadsPerBlock), kThreadsPerBlock, 0, stream,
+  QN_LAUNCH_KERNEL(grid_stride_blocks(numel, kThreadsPerBlock), kThreadsPerBlock, 0, stream,
                    pq_decode_kernel<scalar_t, code_t>)
   (codes, so, sj, C, bs, n_blocks, numel, W);
 }
@@ -70,7 +70,8 @@ __global__ void pq_act_fake_quant_kernel(const T* __restrict__ x, const T* __res
 
 inline void launch_pq_act_fake_quant(const float* x, const float* lo, const float* hi, int64_t in, int64_t numel,
                                      int bits, bool per_token, float* xq, cudaStream_t stream) {
-  QN_LAUNCH_KERNEL(grid_blocks(numel, kThreadsPerBlock), kThreadsPerBlock, 0, stream, pq_act_fake_quant_kernel<float>)
+  QN_LAUNCH_KERNEL(grid_stride_blocks(numel, kThreadsPerBlock), kThreadsPerBlock, 0, stream,
+                   pq_act_fake_quant_kernel<float>)
   (x, lo, hi, in, numel, bits, per_token, xq);
 }
 
@@ -149,7 +150,7 @@ void launch_pq_linear_gemv(const float* x, const code_t* codes, int64_t so, int6
                            const float* bias, int64_t M, int64_t out, int64_t n_blocks, int64_t K, int64_t bs, float* y,
                            cudaStream_t stream) {
   const bool use_smem_c = K * bs * static_cast<int64_t>(sizeof(float)) <= kGemvMaxSmemC;
-  const dim3 grid(grid_blocks(out, kGemvOutPerBlock, kMaxGridDimX), grid_blocks(M, kGemvRows, kMaxGridDimY));
+  const dim3 grid(grid_blocks(out, kGemvOutPerBlock, kMaxGridDimX), grid_stride_blocks(M, kGemvRows, kMaxGridDimY));
   QN_LAUNCH_KERNEL(grid, kGemvWarps * 32, static_cast<size_t>(pq_gemv_smem_bytes(K, bs)), stream,
                    pq_linear_gemv_kernel<code_t>)
   (x, codes, so, sj, C, bias, M, out, n_blocks, K, bs, use_smem_c, y);
@@ -217,7 +218,7 @@ template <typename code_t>
 void launch_pq_linear_tile(const float* x, const code_t* codes, int64_t so, int64_t sj, const float* C,
                            const float* bias, int64_t M, int64_t out, int64_t n_blocks, int64_t bs, float* y,
                            cudaStream_t stream) {
-  const dim3 grid(grid_blocks(out, kTileN, kMaxGridDimX), grid_blocks(M, kTileM, kMaxGridDimY));
+  const dim3 grid(grid_blocks(out, kTileN, kMaxGridDimX), grid_stride_blocks(M, kTileM, kMaxGridDimY));
   QN_LAUNCH_KERNEL(grid, kTileThreads, 0, stream, pq_linear_tile_kernel<code_t>)
   (x, codes, so, sj, C, bias, M, out, n_blocks, bs, y);
 }
@@ -372,7 +373,7 @@ template <typename code_t, int kMma>
 void launch_pq_linear_tile_tc(const float* x, const code_t* codes, int64_t so, int64_t sj, const float* C,
                               const float* bias, int64_t M, int64_t out, int64_t n_blocks, int64_t bs, float* y,
                               cudaStream_t stream) {
-  const dim3 grid(grid_blocks(out, kTcN, kMaxGridDimX), grid_blocks(M, kTcM, kMaxGridDimY));
+  const dim3 grid(grid_blocks(out, kTcN, kMaxGridDimX), grid_stride_blocks(M, kTcM, kMaxGridDimY));
   QN_LAUNCH_KERNEL(grid, kTcThreads, 0, stream, pq_linear_tile_tc_kernel<code_t, kMma>)
   (x, codes, so, sj, C, bias, M, out, n_blocks, bs, y);
 }

@@ -560,6 +560,21 @@ struct Launch {
   }
 };
 
+// The emulated build's own cap on grid-stride grids (quantnoise::grid_stride_blocks,
+// cuda_compat.h): QN_EMU_GRID_STRIDE_CAP=<blocks>, read at every launch (tests set it with
+// monkeypatch.setenv), makes a grid-stride loop take several steps on small work. Unset or empty:
+// no cap. Grids that must cover their work exactly (grid_blocks) are never shrunk.
+inline int64_t grid_stride_cap() {
+  const char* env = std::getenv("QN_EMU_GRID_STRIDE_CAP");
+  if (env == nullptr || *env == '\0') return INT64_MAX;
+  char* end = nullptr;
+  const long long cap = std::strtoll(env, &end, 10);
+  if (*end != '\0' || cap < 1)
+    throw std::runtime_error(std::string("cuda_emu: QN_EMU_GRID_STRIDE_CAP must be a positive integer, got '") + env +
+                             "'");
+  return cap;
+}
+
 template <typename Kernel>
 Launch<Kernel> make_launch(dim3 grid, dim3 block, size_t smem, cudaStream_t /*stream*/, const char* name,
                            Kernel kernel) {

@@ -5,6 +5,11 @@
 // The kernel is the last macro argument so template arguments with commas need no parentheses.
 #pragma once
 
+#include <algorithm>
+#include <cstdint>
+
+#include "quantnoise/dispatch.h"
+
 #if defined(__CUDACC__)
 #define QN_LAUNCH_KERNEL(grid, block, smem, stream, ...) __VA_ARGS__<<<(grid), (block), (smem), (stream)>>>
 #define QN_DYNAMIC_SHARED(T, name)                                  \
@@ -21,3 +26,19 @@
   for (int64_t I = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x,   \
                qn_grid_stride_##I = static_cast<int64_t>(blockDim.x) * gridDim.x; \
        I < (N); I += qn_grid_stride_##I)
+
+namespace quantnoise {
+
+// Blocks of a grid-stride dimension (a kernel that loops over what the grid leaves, by
+// QN_GRID_STRIDE_LOOP or `+= gridDim.y`): grid_blocks(work, per_block, max_blocks) on a GPU. The
+// emulated build also caps it at QN_EMU_GRID_STRIDE_CAP when set (cuda_emu.h), so tests take a
+// second grid-stride step with small work. A grid that must cover its work exactly (one block per
+// output tile) calls grid_blocks and is never shrunk.
+inline unsigned grid_stride_blocks(int64_t work, int64_t per_block, int64_t max_blocks = kMaxGridStrideBlocks) {
+#if defined(QN_CUDA_EMU)
+  max_blocks = std::min<int64_t>(max_blocks, ::qn_emu::grid_stride_cap());
+#endif
+  return grid_blocks(work, per_block, max_blocks);
+}
+
+}  // namespace quantnoise

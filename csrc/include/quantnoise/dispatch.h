@@ -10,7 +10,8 @@
 //   QN_DISPATCH_CODE_TYPES(codes.scalar_type(), "pq_decode", [&] {
 //     decode_rows<scalar_t, code_t>(codes.const_data_ptr<code_t>(), ...);  // code_t: uint8_t | int32_t
 //   });
-//   QN_LAUNCH_KERNEL(grid_blocks(numel, kThreadsPerBlock), kThreadsPerBlock, 0, stream, kernel<T>)(...);
+//   QN_LAUNCH_KERNEL(grid_stride_blocks(numel, kThreadsPerBlock), kThreadsPerBlock, 0, stream, kernel<T>)(...);
+//   (grid_stride_blocks: cuda_compat.h, grid_blocks with the emulation's cap; for grid-stride kernels)
 // Both switches return what the lambda returns (all branches must return the same type).
 #pragma once
 
@@ -68,7 +69,9 @@ constexpr int64_t kMaxGridDimX = (int64_t{1} << 31) - 1;
 constexpr int64_t kMaxGridDimY = 65535;
 
 // Blocks for `work` items at `per_block` items per block: ceil(work / per_block), at most
-// max_blocks (a grid-stride kernel loops over what a capped grid leaves).
+// max_blocks. A grid that must cover its work exactly passes CUDA's limit (kMaxGridDimX/Y); a
+// grid-stride kernel, which loops over what a capped grid leaves, calls grid_stride_blocks
+// (cuda_compat.h) instead, which the emulated build can shrink.
 inline unsigned grid_blocks(int64_t work, int64_t per_block, int64_t max_blocks = kMaxGridStrideBlocks) {
   return static_cast<unsigned>(std::min<int64_t>((work + per_block - 1) / per_block, max_blocks));
 }
