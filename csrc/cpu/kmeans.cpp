@@ -1,16 +1,21 @@
 // CPU kernels of quantnoise::kmeans_assign and quantnoise::kmeans_update (DESIGN §3.2).
 //
 // kmeans_assign ranks centroids by score = 0.5*||c||^2 - x.c (quantnoise/kmeans.h), fused with a
-// running argmin: no N x K matrix. Points fill the vector lanes: a tile of points is converted to
-// float32 and transposed into blocks of W points ([D][W]); a centroid's scores for W points are D
-// FMAs, its coordinates broadcast from the row-major codebook. Each lane keeps its point's running
+// running argmin: no N x K matrix. Points fill the vector lanes: a tile of kTile points is converted
+// to float32 and transposed into blocks of W points ([D][W]; on AVX2, float32 input with D a
+// multiple of 8 goes through 8x8 register transposes); a centroid's scores for W points are D FMAs,
+// its coordinates broadcast from the row-major codebook. Each lane keeps its point's running
 // minimum and index; centroids come in ascending order and only a strictly lower score replaces the
 // best, so the lowest index wins ties with no cross-lane step. Scoring one point at a time is bound
 // by the FMA latency chain; the body keeps PB blocks x CI centroids of independent chains in flight
-// (AVX2: 2 x 4, 16 points; AVX-512: 2 x 8, 32 points). One body serves every path (cpu/kmeans_simd.h),
-// chosen by cpu_isa() (quantnoise/cpu_features.h); all compute the same FMA chain in the same order,
-// so all give identical codes. A NaN score never wins (strict <); points whose float32 scores could
-// overflow are ranked again in float64 (kmeans_needs_exact / kmeans_argmin_exact, quantnoise/kmeans.h).
+// (AVX2: 2 x 4, 16 points, each point vector loaded once per coordinate and used by 4 centroids:
+// 6 loads per 8 FMAs; AVX-512: 2 x 8, 32 points). One body serves every path (cpu/kmeans_simd.h),
+// chosen by cpu_isa() (quantnoise/cpu_features.h); all compute the same FMA chain in the same
+// order, so all give identical codes. A NaN score never wins (strict <); points whose float32
+// scores could overflow are ranked again in float64 (kmeans_needs_exact / kmeans_argmin_exact,
+// quantnoise/kmeans.h), the per-point test asked only in tiles whose largest |value| could need it. The distances of
+// the chosen centroids follow per tile (on AVX2 with D a multiple of 8, 8 points at a time, the chosen rows transposed
+// as the points were).
 #include "quantnoise/kmeans.h"
 
 #include <ATen/Dispatch.h>
@@ -22,7 +27,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "kmeans_simd.h"
@@ -139,14 +146,95 @@ ArgminPath argmin_path(CpuIsa isa, int64_t dim) {
 }
 
 // Points [i0, i0 + m) of x [.., D] as float32 blocks of `width` points, transposed ([block][D][width]),
-// zero padded to a whole number of tiles' blocks.
-template <typename scalar_t>
-void transpose_tile(const scalar_t* x, int64_t m, int64_t dim, int64_t width, float* xt) {
-  if (m < kTile) std::fill_n(xt, kTile * dim, 0.0f);
-  for (int64_t i = 0; i < m; ++i) {
-    float* dst = xt + (i / width) * dim * width + i % width;
-    for (int64_t d = 0; d < dim; ++d) dst[d * width] = static_cast<float>(x[i * dim + d]);
+// zero padded to a whole number of tiles' blocks. Block by block: no division per point.
+#if defined(QN_X86)
+// r[l] = coordinates d0..d0+7 of row l into out[e] = coordinate d0 + e of rows 0..7 (an 8x8 transpose).
+QN_TARGET_AVX2 inline void transpose8x8(const __m256 (&r)[8], __m256 (&out)[8]) {
+  __m256 t[8], u[8];
+  for (int l = 0; l < 8;
+       l += 2) {  // t[l] = (l0 l'0 l1 l'1 | l4 l'4 l5 l'5), t[l+1] = (l2 l'2 l3 l'3 | l6 ..), l' = l+1
+    t[l] = _mm256_unpacklo_ps(r[l], r[l + 1]);
+    t[l + 1] = _mm256_unpackhi_ps(r[l], r[l + 1]);
   }
+  for (int q = 0; q < 8; q += 4) {  // u[q + e]: coordinates e and e + 4 of rows q..q+3
+    u[q + 0] = _mm256_shuffle_ps(t[q], t[q + 2], 0x44);
+    u[q + 1] = _mm256_shuffle_ps(t[q], t[q + 2], 0xee);
+    u[q + 2] = _mm256_shuffle_ps(t[q + 1], t[q + 3], 0x44);
+    u[q + 3] = _mm256_shuffle_ps(t[q + 1], t[q + 3], 0xee);
+  }
+  for (int e = 0; e < 4; ++e) {
+    out[e] = _mm256_permute2f128_ps(u[e], u[4 + e], 0x20);
+    out[e + 4] = _mm256_permute2f128_ps(u[e], u[4 + e], 0x31);
+  }
+}
+
+// The float32 points [8][dim] (dim a multiple of 8) as one 8-point block [dim][8] (the scalar loop
+// below costs a fifth of the AVX2 argmin at D = 8).
+QN_TARGET_AVX2 void transpose_block8_avx2(const float* src, int64_t dim, float* blk) {
+  for (int64_t d0 = 0; d0 < dim; d0 += 8) {
+    __m256 r[8], col[8];
+    for (int l = 0; l < 8; ++l) r[l] = _mm256_loadu_ps(src + l * dim + d0);
+    transpose8x8(r, col);
+    for (int e = 0; e < 8; ++e) _mm256_storeu_ps(blk + (d0 + e) * 8, col[e]);
+  }
+}
+#endif
+
+template <typename scalar_t>
+void transpose_tile(CpuIsa isa, const scalar_t* x, int64_t m, int64_t dim, int64_t width, float* xt) {
+  if (m < kTile) std::fill_n(xt, kTile * dim, 0.0f);
+  int64_t i0 = 0;
+#if defined(QN_X86)
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (isa != CpuIsa::kPortable && width == 8 && dim % 8 == 0) {
+      for (; i0 + 8 <= m; i0 += 8) transpose_block8_avx2(x + i0 * dim, dim, xt + i0 * dim);
+    }
+  }
+#endif
+  (void)isa;
+  for (; i0 < m; i0 += width) {
+    const int64_t w = std::min(width, m - i0);
+    const scalar_t* src = x + i0 * dim;
+    float* blk = xt + i0 * dim;  // block i0 / width starts at (i0 / width) * dim * width floats
+    for (int64_t l = 0; l < w; ++l) {
+      for (int64_t d = 0; d < dim; ++d) blk[d * width + l] = static_cast<float>(src[l * dim + d]);
+    }
+  }
+}
+
+// The bits of the largest |value| of xt [count] as int32: ordered as the floats, NaN and infinity
+// (0x7f800000 and above) above every finite value. Compiled twice as distances_body below (vpmaxsd
+// where the CPU has AVX2).
+[[gnu::always_inline]] inline int32_t top_bits_body(const float* xt, int64_t count) {
+  int32_t top = 0;
+  for (int64_t e = 0; e < count; ++e) {
+    int32_t bits;
+    std::memcpy(&bits, xt + e, sizeof bits);
+    bits &= 0x7fffffff;
+    top = bits > top ? bits : top;
+  }
+  return top;
+}
+#if defined(QN_X86)
+QN_TARGET_AVX2 int32_t top_bits_avx2(const float* xt, int64_t count) { return top_bits_body(xt, count); }
+#endif
+
+// Whether some point of a transposed tile (the first `count` floats of xt: its points and zero
+// padding) may need the float64 ranking. kmeans_needs_exact grows with the point's largest |x_d|
+// and is true for a NaN or infinite one, so it is asked once, of a point whose every coordinate is
+// the tile's largest |value| (`probe`, dim floats): false there means false for every point of the
+// tile, and the per-point test runs only where this says true.
+bool tile_may_need_exact(CpuIsa isa, const float* xt, int64_t count, float* probe, int64_t dim, float max_c) {
+#if defined(QN_X86)
+  const int32_t top = isa != CpuIsa::kPortable ? top_bits_avx2(xt, count) : top_bits_body(xt, count);
+#else
+  (void)isa;
+  const int32_t top = top_bits_body(xt, count);
+#endif
+  float largest;
+  std::memcpy(&largest, &top, sizeof largest);
+  std::fill_n(probe, dim, largest);
+  return kmeans_needs_exact(probe, dim, max_c);
 }
 
 // Exact squared distance of each point of a transposed tile to its chosen centroid (the FMA chain of
@@ -154,15 +242,18 @@ void transpose_tile(const scalar_t* x, int64_t m, int64_t dim, int64_t width, fl
 // FMA (a libm call otherwise); same value either way.
 [[gnu::always_inline]] inline void distances_body(const float* xt, int64_t m, int64_t dim, int64_t width,
                                                   const float* c, const int32_t* codes, float* dist) {
-  for (int64_t i = 0; i < m; ++i) {
-    const float* xi = xt + (i / width) * dim * width + i % width;
-    const float* ci = c + codes[i] * dim;
-    float acc = 0.0f;
-    for (int64_t d = 0; d < dim; ++d) {
-      const float diff = xi[d * width] - ci[d];
-      acc = fmaf(diff, diff, acc);
+  for (int64_t i0 = 0; i0 < m; i0 += width) {  // block by block: no division per point
+    const int64_t w = std::min(width, m - i0);
+    const float* blk = xt + i0 * dim;
+    for (int64_t l = 0; l < w; ++l) {
+      const float* ci = c + codes[i0 + l] * dim;
+      float acc = 0.0f;
+      for (int64_t d = 0; d < dim; ++d) {
+        const float diff = blk[d * width + l] - ci[d];
+        acc = fmaf(diff, diff, acc);
+      }
+      dist[i0 + l] = acc;
     }
-    dist[i] = acc;
   }
 }
 #if defined(QN_X86)
@@ -170,10 +261,32 @@ QN_TARGET_AVX2 void distances_fma(const float* xt, int64_t m, int64_t dim, int64
                                   const int32_t* codes, float* dist) {
   distances_body(xt, m, dim, width, c, codes, dist);
 }
+// The same chain on whole 8-point blocks of the 8-wide layout (dim a multiple of 8), the chosen
+// centroids' rows transposed in registers as the points were (gathers are slower on Zen 3).
+QN_TARGET_AVX2 void distances_block8(const float* xt, int64_t m, int64_t dim, const float* c, const int32_t* codes,
+                                     float* dist) {
+  int64_t i0 = 0;
+  for (; i0 + 8 <= m; i0 += 8) {
+    const float* blk = xt + i0 * dim;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t d0 = 0; d0 < dim; d0 += 8) {
+      __m256 r[8], cd[8];
+      for (int l = 0; l < 8; ++l) r[l] = _mm256_loadu_ps(c + codes[i0 + l] * dim + d0);
+      transpose8x8(r, cd);
+      for (int e = 0; e < 8; ++e) {
+        const __m256 diff = _mm256_sub_ps(_mm256_loadu_ps(blk + (d0 + e) * 8), cd[e]);
+        acc = _mm256_fmadd_ps(diff, diff, acc);
+      }
+    }
+    _mm256_storeu_ps(dist + i0, acc);
+  }
+  distances_body(xt + i0 * dim, m - i0, dim, 8, c, codes + i0, dist + i0);
+}
 #endif
 void distances(CpuIsa isa, const float* xt, int64_t m, int64_t dim, int64_t width, const float* c, const int32_t* codes,
                float* dist) {
 #if defined(QN_X86)
+  if (isa != CpuIsa::kPortable && width == 8 && dim % 8 == 0) return distances_block8(xt, m, dim, c, codes, dist);
   if (isa != CpuIsa::kPortable) return distances_fma(xt, m, dim, width, c, codes, dist);
 #endif
   distances_body(xt, m, dim, width, c, codes, dist);
@@ -208,17 +321,21 @@ std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& x,       
     const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 20) / (kTile * k * std::max<int64_t>(dim, 1)));
     parallel_for_dynamic(0, batch * n_tiles, grain, [&](int64_t t_begin, int64_t t_end) {
       std::vector<float> xt(static_cast<size_t>(kTile * dim));
+      std::vector<float> probe(static_cast<size_t>(dim));
       int32_t tile_codes[kTile];
       for (int64_t t = t_begin; t < t_end; ++t) {
         const int64_t b = t / n_tiles, i0 = (t % n_tiles) * kTile;
         const int64_t m = std::min(kTile, n - i0);
         const scalar_t* src = x_ptr + (b * n + i0) * dim;
-        transpose_tile(src, m, dim, path.width, xt.data());
+        transpose_tile(isa, src, m, dim, path.width, xt.data());
         const float* cb = c_ptr + b * k * dim;
         path.fn(xt.data(), path.blocks_for(m), dim, cb, h.data() + b * k, k, tile_codes);
-        for (int64_t i = 0; i < m; ++i) {  // float32 scores that could overflow: ranked in float64
-          if (kmeans_needs_exact(src + i * dim, dim, max_c[b])) {
-            tile_codes[i] = static_cast<int32_t>(kmeans_argmin_exact(src + i * dim, cb, k, dim));
+        const int64_t filled = (m + path.width - 1) / path.width * path.width * dim;
+        if (tile_may_need_exact(isa, xt.data(), filled, probe.data(), dim, max_c[b])) {
+          for (int64_t i = 0; i < m; ++i) {  // float32 scores that could overflow: ranked in float64
+            if (kmeans_needs_exact(src + i * dim, dim, max_c[b])) {
+              tile_codes[i] = static_cast<int32_t>(kmeans_argmin_exact(src + i * dim, cb, k, dim));
+            }
           }
         }
         distances(isa, xt.data(), m, dim, path.width, cb, tile_codes, dist_ptr + b * n + i0);
