@@ -13,9 +13,9 @@
 // chosen by cpu_isa() (quantnoise/cpu_features.h); all compute the same FMA chain in the same
 // order, so all give identical codes. A NaN score never wins (strict <); points whose float32
 // scores could overflow are ranked again in float64 (kmeans_needs_exact / kmeans_argmin_exact,
-// quantnoise/kmeans.h), the per-point test asked only in tiles whose largest |value| could need it. The distances of
-// the chosen centroids follow per tile (on AVX2 with D a multiple of 8, 8 points at a time, the chosen rows transposed
-// as the points were).
+// quantnoise/kmeans.h), the per-point test asked only in tiles whose largest |value| could need it.
+// The distances of the chosen centroids follow per tile (on AVX2 with D a multiple of 8, 8 points at
+// a time, the chosen rows transposed as the points were).
 #include "quantnoise/kmeans.h"
 
 #include <ATen/Dispatch.h>
@@ -151,8 +151,8 @@ ArgminPath argmin_path(CpuIsa isa, int64_t dim) {
 // r[l] = coordinates d0..d0+7 of row l into out[e] = coordinate d0 + e of rows 0..7 (an 8x8 transpose).
 QN_TARGET_AVX2 inline void transpose8x8(const __m256 (&r)[8], __m256 (&out)[8]) {
   __m256 t[8], u[8];
-  for (int l = 0; l < 8;
-       l += 2) {  // t[l] = (l0 l'0 l1 l'1 | l4 l'4 l5 l'5), t[l+1] = (l2 l'2 l3 l'3 | l6 ..), l' = l+1
+  // t[l] = (l0 l'0 l1 l'1 | l4 l'4 l5 l'5), t[l+1] = (l2 l'2 l3 l'3 | l6 ..), l' = l+1
+  for (int l = 0; l < 8; l += 2) {
     t[l] = _mm256_unpacklo_ps(r[l], r[l + 1]);
     t[l + 1] = _mm256_unpackhi_ps(r[l], r[l + 1]);
   }
