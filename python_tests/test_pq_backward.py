@@ -8,25 +8,13 @@ import tolerances
 import torch
 import torch.nn.functional as F
 from devices import device_params, runs_cuda_kernel
+from pq_reference import close_rel as _close
+from pq_reference import linear_grads as _reference_grads
 
 from quantnoise_kernels import ops, reference
 from quantnoise_kernels.pq import PQConv2d, PQEmbedding, PQLinear
 
 DEVICES = device_params()
-
-
-def _close(y, ref, rtol=1e-5):
-    scale = ref.abs().max().clamp(min=1e-30)
-    err = ((y.double() - ref.double()).abs().max() / scale).item()
-    assert err <= rtol, f"max error {err:.3e} relative to max |ref|"
-
-
-def _reference_grads(g, x, codes, c):
-    """Autograd through decode + F.linear in float64: (grad_x, grad_centroids)."""
-    xx = x.detach().double().requires_grad_()
-    cc = c.detach().double().requires_grad_()
-    reference.pq_linear(xx, codes, cc).backward(g.double())
-    return xx.grad, cc.grad
 
 
 # (M rows, out, in, bs, K): batch 1, the row-chunk edges, odd sizes, int32 codes with K > 256.

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from devices import device_params
+from pq_reference import assert_same_forward_backward, close_rel, decoded_conv
 from torch import nn
 
 from quantnoise_kernels import reference
@@ -22,21 +23,6 @@ CASES = [
     dict(kernel_size=2, padding=1, padding_mode="circular"),
     dict(kernel_size=3, padding=2, padding_mode="replicate", stride=3),
 ]
-
-
-def _reference_conv1d(x, codes, centroids, bias, conv: nn.Conv1d):
-    """Decode the weight with the reference, then F.conv1d (F.pad first for the non-zero padding modes)."""
-    weight = reference.pq_decode(codes, centroids, tuple(conv.weight.shape))
-    padding = conv.padding
-    if conv.padding_mode != "zeros":
-        x = F.pad(x, (conv.padding[0], conv.padding[0]), mode=conv.padding_mode)
-        padding = 0
-    return F.conv1d(x, weight, bias, conv.stride, padding, conv.dilation, conv.groups)
-
-
-def _close(a, b, rtol=1e-5):
-    scale = b.abs().max().clamp(min=1e-30)
-    assert ((a - b).abs().max() / scale).item() <= rtol, f"max rel err {((a - b).abs().max() / scale).item():.3e}"
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -57,17 +43,9 @@ def test_pqconv1d_forward_and_gradients_match_reference(device, kw):
     x_ref = x.detach().clone().requires_grad_()
     c_ref = centroids.clone().requires_grad_()
     b_ref = None if bias is None else bias.clone().requires_grad_()
-    y_ref = _reference_conv1d(x_ref, codes, c_ref, b_ref, conv)
-    assert y.shape == y_ref.shape
-    _close(y, y_ref)
-    g = torch.randn_like(y)
-    y.backward(g)
-    y_ref.backward(g)
-    _close(x.grad, x_ref.grad)
-    _close(pq.centroids.grad, c_ref.grad)
-    if bias is not None:
-        _close(pq.bias.grad, b_ref.grad)
-    _close(pq(x[0].detach()), y_ref[0].detach())  # unbatched input [C, L]
+    y_ref = decoded_conv(x_ref, codes, c_ref, b_ref, conv)
+    assert_same_forward_backward(y, y_ref, [(x, x_ref), (pq.centroids, c_ref), (pq.bias, b_ref)])
+    close_rel(pq(x[0].detach()), y_ref[0].detach())  # unbatched input [C, L]
 
 
 def test_pqconv1d_from_float_round_trip_and_repr():
@@ -78,7 +56,7 @@ def test_pqconv1d_from_float_round_trip_and_repr():
     dense = pq.to_dense()
     assert type(dense) is nn.Conv1d and dense.padding_mode == "circular" and dense.stride == (2,)
     x = torch.randn(2, 8, 11)
-    _close(pq(x), dense(x))
+    close_rel(pq(x), dense(x))
     expected = reference.pq_decode(pq.interchange_codes(), pq.centroids.float(), tuple(conv.weight.shape))
     assert torch.equal(dense.weight.detach(), expected)
     assert torch.equal(dense.bias.detach(), conv.bias.detach())
@@ -124,7 +102,7 @@ def test_quantize_model_save_load_conv1d(tmp_path):
     for i, conv in enumerate(model.convs):
         dense.convs[i] = conv.to_dense()
     dense.proj = model.proj.to_dense()
-    _close(model(x), dense(x))
+    close_rel(model(x), dense(x))
     save_compressed(model, tmp_path / "speech.qnk")
     fresh = Speech()
     assert load_compressed(fresh, tmp_path / "speech.qnk") == names

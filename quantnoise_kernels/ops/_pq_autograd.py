@@ -1,7 +1,8 @@
 """Autograd of the PQ ops (DESIGN §3.3): gradients from the codes, never the dense weight or its gradient.
 
 ``pq_linear`` backpropagates through ``pq_linear_backward`` (straight-through across the fused activation
-fake-quant); ``pq_decode`` and ``pq_embedding`` give the per-centroid sum of the block gradients.
+fake-quant), or through decoded weight tiles of at most 1 MiB where those are faster
+(``_pq_weight_tiles``); ``pq_decode`` and ``pq_embedding`` give the per-centroid sum of the block gradients.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import math
 import torch
 from torch import Tensor
 
+from ._pq_weight_tiles import backward_by_weight_tiles, weight_tiles_pay
 from .pq import _grad_dtype, pq_embedding_backward, pq_linear_backward
 
 __all__: list[str] = []  # registers with torch.library on import; nothing public
@@ -54,7 +56,7 @@ def _pq_linear_setup_context(ctx, inputs, output):
 
 
 def _pq_linear_backward(ctx, grad: Tensor):
-    """Gradients from the codes (``pq_linear_backward``): no dense weight, no dense weight gradient."""
+    """Gradients from the codes (``pq_linear_backward``) or by weight tiles: never the whole dense weight."""
     x, codes, centroids, scale, zero_point = ctx.saved_tensors
     transposed, act_bits, granularity, has_bias = ctx.args
     need_x = bool(ctx.needs_input_grad[0])
@@ -62,7 +64,9 @@ def _pq_linear_backward(ctx, grad: Tensor):
         x = _act_fake_quant(x.reshape(math.prod(x.shape[:-1]), x.shape[-1]), act_bits, granularity).reshape(x.shape)
     grad_x = grad_c = grad_b = None
     if need_x or x is not None:
-        gx, gc = pq_linear_backward(
+        n_blocks = codes.shape[0] if transposed else codes.shape[1]
+        tiles = weight_tiles_pay(math.prod(grad.shape[:-1]), grad.shape[-1], n_blocks, *centroids.shape)
+        gx, gc = (backward_by_weight_tiles if tiles else pq_linear_backward)(
             grad,
             x,
             codes,

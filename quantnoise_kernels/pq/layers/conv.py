@@ -1,13 +1,19 @@
-"""``PQConv1d``, ``PQConv2d``: im2col (``F.unfold``) then ``ops.pq_linear`` per group.
+"""``PQConv1d``, ``PQConv2d``: im2col (``F.unfold``) then ``ops.pq_linear`` per group, or decoded weight tiles.
 
 ``codes`` is ``[out_channels, (in_channels/groups * prod(kernel_size))/block_size]``: a block is ``block_size``
 consecutive entries of ``weight.reshape(out, -1)`` (channel, then the kernel positions in order), exactly the
 order of ``F.unfold``'s columns. A 1-d convolution runs as a 2-d one of height 1. Non-zero padding modes pad
 with ``F.pad`` first. The dense weight is never built (the column buffer is activation-sized).
+
+Where the codes save no work (``K * block_size`` not small against ``out * block_size``, e.g. 3x3 kernels with
+few output channels) and there are 64+ output positions, groups 1, float32/float64 inputs, no activation
+fake-quant and ``path == "auto"``, the convolution runs by decoded weight tiles instead
+(:mod:`._conv_tiles`: at most 4 MiB of the weight at a time, oneDNN's convolution forward and backward).
 """
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -16,6 +22,8 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _ntuple
 
 from ... import ops
+from ...ops._pq_weight_tiles import weight_tiles_pay
+from ._conv_tiles import conv_by_weight_tiles
 from .base import PQLayer
 
 __all__ = ["PQConv1d", "PQConv2d"]
@@ -76,8 +84,8 @@ class _PQConvNd(PQLayer):
         if isinstance(module.padding, str):
             raise ValueError(f"{cls.__name__}.from_float: string padding {module.padding!r} is not supported")
 
-    def _columns(self, x: Tensor) -> tuple[Tensor, list[int]]:
-        """im2col of a batched input: ``[N, L, C/g*prod(k)]`` columns and the output's spatial sizes."""
+    def _padded(self, x: Tensor) -> tuple[Tensor, tuple[int, ...], list[int]]:
+        """``x`` padded by ``F.pad`` for the non-zero padding modes, the zero padding left, the output's sizes."""
         padding = self.padding
         if self.padding_mode != "zeros":
             x = F.pad(x, [p for p in reversed(self.padding) for _ in range(2)], mode=self.padding_mode)
@@ -92,11 +100,25 @@ class _PQConvNd(PQLayer):
                 f"{type(self).__name__}: input of spatial size {tuple(x.shape[2:])} (padded by {tuple(padding)}) "
                 f"is smaller than the dilated kernel {dilated}"
             )
+        return x, padding, sizes
+
+    def _by_weight_tiles(self, x: Tensor, sizes: list[int]) -> bool:
+        """Whether this call runs by decoded weight tiles (module docstring)."""
+        rows = x.shape[0] * math.prod(sizes)
+        simple = self.groups == 1 and self.act_bits == 0 and self.path == "auto"
+        return (
+            simple
+            and x.dtype in (torch.float32, torch.float64)
+            and weight_tiles_pay(rows, self.out_channels, self.packed_codes.shape[0], self.n_centroids, self.block_size)
+        )
+
+    def _columns(self, x: Tensor, padding: tuple[int, ...]) -> Tensor:
+        """im2col of a padded batched input: ``[N, L, C/g*prod(k)]`` columns."""
         ones, zeros = (1,) * (2 - self._N), (0,) * (2 - self._N)  # lift to the 2-d F.unfold takes
         x = x.reshape(*x.shape[:2], *ones, *x.shape[2:])
         kernel, dilation, stride = ones + self.kernel_size, ones + self.dilation, ones + self.stride
         cols = F.unfold(x, kernel, dilation=dilation, padding=zeros + padding, stride=stride)
-        return cols.transpose(1, 2), sizes
+        return cols.transpose(1, 2)
 
     def forward(self, x: Tensor) -> Tensor:
         name = type(self).__name__
@@ -111,8 +133,13 @@ class _PQConvNd(PQLayer):
         unbatched = x.dim() == self._N + 1
         if unbatched:
             x = x.unsqueeze(0)
-        cols, sizes = self._columns(x)
+        x, padding, sizes = self._padded(x)
         c, g = self._centroids_for_forward(), self.groups
+        if self._by_weight_tiles(x, sizes):
+            y = conv_by_weight_tiles(x, self.interchange_codes(), c, self.bias, self.weight_shape, self.stride,
+                                     padding, self.dilation, self._codebook_args())  # fmt: skip
+            return y.squeeze(0) if unbatched else y
+        cols = self._columns(x, padding)
         kw = dict(path=self.path, act_bits=self.act_bits, **self._codebook_args())
         if g == 1:
             y = ops.pq_linear(cols, self.packed_codes, c, self.bias, codes_transposed=True, **kw)
