@@ -46,6 +46,8 @@ ASAN_BUILD ?= build/asan
 # call is run op by op, on every edge case, by the other files; under ASan they only cost CI time.
 # So do opcheck and torch.compile tests (ASAN_DESELECT): they check the registration, fake kernels
 # and tracing (uninstrumented torch), on inputs the other tests run through the same kernels.
+# Tests marked slow (-m "not slow": spawned-process distributed tests, a model-level training flow) are left
+# out too; `make test` runs them.
 ASAN_SKIP ?= test_cli.py test_main_job.py test_minilm_recipe.py test_readme_example.py test_e2e_flow.py \
 	test_scalar_flow.py test_flow_load.py test_flow_quantize.py test_benchmarks.py
 ASAN_DESELECT ?= not opcheck and not compile

@@ -184,6 +184,10 @@ def _ddp_worker(rank: int, world_size: int, init_file: str, result_file: str) ->
     finish_worker()
 
 
+# slow (left out of make test-asan; make test runs it): two spawned processes (gloo) train two tiny layers; its time
+# (55 s on 2 loaded cores) is process start-up and gloo. The block_noise kernels it calls run on every edge case
+# under ASan in test_block_noise.py.
+@pytest.mark.slow
 def test_distributed_data_parallel_keeps_ranks_equal():
     with tempfile.TemporaryDirectory() as tmp:
         result = os.path.join(tmp, "params.pt")

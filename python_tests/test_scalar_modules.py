@@ -151,6 +151,10 @@ def test_activation_quantizer_clamps_in_training_and_quantizes_in_eval():
     torch.testing.assert_close(layer(x), plain)
 
 
+# slow (left out of make test-asan; make test runs it): a model-level training flow (40 steps of a small model, 12 s
+# on 2 loaded cores), like test_scalar_flow.py (ASAN_SKIP). The fake_quant kernels it calls
+# run on every edge case under ASan in test_fake_quant_noise.py and test_block_noise_backward.py.
+@pytest.mark.slow
 def test_training_flow_learns():
     torch.manual_seed(0)
     model = _model()

@@ -39,7 +39,11 @@ class Settings:
 
 
 FULL = Settings(1200, 300, 16, 75, 150, 15, ((1, 128), (32, 128)), 5)
-QUICK = Settings(64, 40, 16, 2, 2, 4, ((1, 32), (4, 32)), 1)
+# QUICK: CI's smoke test (every row's code end to end; its figures are not the demo's): 8 calibration sentences in
+# one batch, 1 distillation step per stage, 2 EM iterations. The activation-aware rows run the calibration batches
+# through the whole model once per quantized layer (37 times a row, mostly pq_linear on the layers done so far):
+# with 64 sentences (4 batches) that was most of the run.
+QUICK = Settings(8, 40, 8, 1, 1, 2, ((1, 32), (4, 32)), 1)
 QN_PAIR = ("Quant-Noise, then iPQ Linear + distill", "iPQ Linear + distill")
 """The rows compared for "Quant-Noise finetuning before iPQ beats plain iPQ at the same size"."""
 TARGETS = {"whole_ratio": 14.0, "cosine_mean": 0.95, "recall_at_10": 0.85, "linear_ratio": 20.0}
