@@ -10,7 +10,7 @@ PY := $(abspath $(VENV))/bin/python
 STAMP := $(VENV)/.deps-installed
 CMAKE_BUILD ?= build/cmake
 
-.PHONY: setup build test test-python test-cpp test-asan mutants cuda-build editable-check gpu-check demo demo-quick paper-table smoke bench bench-extras lint format clean
+.PHONY: setup build test test-python test-cpp asan-build test-asan prebuild mutants cuda-compile cuda-build editable-check gpu-check demo demo-quick paper-table smoke bench bench-extras lint format clean
 
 setup: $(STAMP)
 
@@ -53,12 +53,17 @@ ASAN_SKIP ?= test_cli.py test_main_job.py test_minilm_recipe.py test_readme_exam
 ASAN_DESELECT ?= not opcheck and not compile
 ASAN_ENV = QUANTNOISE_SANITIZE=1 LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
 	ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
-test-asan: setup
+# asan-build compiles (ninja-incremental: a second run only relinks), test-asan runs the tests; the
+# emulation library is built here too (python_tests/emu.py, build/quantnoise_emu_asan), not on first use.
+asan-build: setup
 	rm -rf $(ASAN_BUILD)/lib && mkdir -p $(ASAN_BUILD)/lib
 	tar -cf - --exclude='*.so' --exclude=__pycache__ quantnoise_kernels benchmarks | tar -xf - -C $(ASAN_BUILD)/lib
 	QUANTNOISE_CUDA=0 QUANTNOISE_SANITIZE=1 MAX_JOBS=$(MAX_JOBS) $(PY) setup.py -q build_ext \
 		--build-lib $(ASAN_BUILD)/lib --build-temp $(ASAN_BUILD)/temp
-	cd $(ASAN_BUILD)/lib && $(ASAN_ENV) $(PY) -c 'import quantnoise_kernels as q; print("asan build:", q._C.__file__)'
+	cd $(ASAN_BUILD)/lib && $(ASAN_ENV) MAX_JOBS=$(MAX_JOBS) $(PY) -c 'import sys; sys.path.insert(0, "$(CURDIR)/python_tests"); \
+		import quantnoise_kernels as q, emu; emu.load(); print("asan build:", q._C.__file__, "+ emulation library")'
+
+test-asan: asan-build
 	cd $(ASAN_BUILD)/lib && $(ASAN_ENV) MAX_JOBS=$(MAX_JOBS) $(PY) -m pytest $(CURDIR)/python_tests -q \
 		-o pythonpath= -p no:cacheprovider -m "not slow" -k "$(ASAN_DESELECT)" $(foreach f,$(ASAN_SKIP),--ignore=$(CURDIR)/python_tests/$(f))
 
@@ -90,14 +95,20 @@ $(CUDA_STAMP): Makefile
 	$(CUDA_PY) -m pip install -q "$(CUDA_TORCH)" ninja numpy pytest pyyaml "setuptools>=64" wheel "torchao>=0.18" matplotlib tqdm
 	touch $@
 
-cuda-build: $(CUDA_STAMP)
+cuda-compile: $(CUDA_STAMP)
 	rm -rf $(CUDA_BUILD)/lib && mkdir -p $(CUDA_BUILD)/lib
 	tar -cf - --exclude='*.so' --exclude=__pycache__ quantnoise_kernels benchmarks | tar -xf - -C $(CUDA_BUILD)/lib
 	$(CUDA_ENV) TORCH_CUDA_ARCH_LIST="$(CUDA_ARCH)" $(CUDA_PY) setup.py -q build_ext \
 		--build-lib $(CUDA_BUILD)/lib --build-temp $(CUDA_BUILD)/temp
+
+cuda-build: cuda-compile
 	cd $(CUDA_BUILD)/lib && PYTHONPATH=. $(CUDA_PY) $(CURDIR)/tools/check_cuda_build.py
 	cd $(CUDA_BUILD)/lib && QUANTNOISE_TEST_DEVICE=cpu,cuda $(CUDA_PY) -m pytest $(CURDIR)/python_tests -q \
 		-o pythonpath= -p no:cacheprovider
+
+# What test-asan and cuda-build compile, without their tests: CI runs it beside `make test`, whose
+# pytest leaves most of the second core idle. One compile job by default (MAX_JOBS=1 from .ci/run).
+prebuild: asan-build cuda-compile
 
 # `pip install --no-build-isolation -e .` as a developer types it, on a fresh copy of the committed
 # tree (git archive HEAD), into a throwaway venv that sees this venv's packages (torch, setuptools,
