@@ -136,3 +136,16 @@ def test_held_bytes_counts_the_packed_int8_weight():
     exported = sq.to_int8(model)
     # int8 weight + float32 bias + one float32 scale + one int32 zero point (per tensor)
     assert held_bytes(exported).total == out * inp + 4 * out + 4 + 4
+
+
+def test_held_bytes_counts_every_one_of_many_same_shape_int8_layers():
+    """Each Int8Linear's unpacked tensors are new: a freed one's address must not make the next layer's
+    look already counted (the MiniLM demo's int8 row varied from 14.1 to 15.3 MB between calls)."""
+    from quantnoise_kernels.pq.size_tracker import held_bytes
+
+    out, inp, n = 32, 64, 12
+    model = nn.Sequential(*[nn.Linear(inp, out if i == n - 1 else inp) for i in range(n)])
+    sq.quantize_model_(model, p=1.0, bits=8, update_step=1)
+    exported = sq.to_int8(model)
+    expected = sum(m.out_features * inp + 4 * m.out_features + 8 for m in model)
+    assert [held_bytes(exported).total for _ in range(3)] == [expected] * 3

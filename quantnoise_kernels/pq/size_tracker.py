@@ -48,6 +48,8 @@ def held_bytes(model: nn.Module) -> HeldBytes:
     """
     seen: set[tuple] = set()
     buckets = {"codes": 0, "centroids": 0, "other": 0}
+    # unpacked() makes new tensors: kept alive, so a freed one's address is not reused as a "seen" key
+    alive: list[Tensor] = []
 
     def add(t: Tensor | None, bucket: str) -> None:
         if t is None:
@@ -74,6 +76,7 @@ def held_bytes(model: nn.Module) -> HeldBytes:
         unpacked = getattr(module, "unpacked", None)
         if callable(unpacked):
             for t in unpacked():
+                alive.append(t)
                 add(t, "other")
     return HeldBytes(**buckets)
 
