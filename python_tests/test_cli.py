@@ -221,10 +221,18 @@ def test_python_dash_m_entry_point(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "option", [["--finetune-steps", "-1"], ["--n-iter", "0"], ["--lr", "0"], ["--batch-size", "0"]]
+    "option, rule",
+    [
+        (["--finetune-steps", "-3"], ">= 0, got -3"),
+        (["--n-iter", "0"], ">= 1, got 0"),
+        (["--lr", "0"], "> 0, got 0.0"),
+        (["--batch-size", "0"], ">= 1, got 0"),
+        (["--max-length", "1"], ">= 2, got 1"),
+    ],
 )
-def test_usage_errors_exit_2(files, tmp_path, capsys, option):
+def test_usage_errors_exit_2(files, tmp_path, capsys, option, rule):
+    """A usage error names the flag, the rule and the value given."""
     with pytest.raises(SystemExit) as exc:
         _compress(files, tmp_path / "o.qnk", *option)
-    assert exc.value.code == 2 and option[0] in capsys.readouterr().err
+    assert exc.value.code == 2 and f"{option[0]} must be {rule}" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

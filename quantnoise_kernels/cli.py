@@ -249,14 +249,23 @@ def _one_line(error: BaseException) -> str:
     return text if isinstance(error, (CLIError, FileNotFoundError, ValueError)) else f"{type(error).__name__}: {text}"
 
 
+_NUMERIC_RULES = (
+    ("--batch-size", "batch_size", lambda v: v >= 1, ">= 1"),
+    ("--max-length", "max_length", lambda v: v >= 2, ">= 2"),
+    ("--finetune-steps", "finetune_steps", lambda v: v >= 0, ">= 0"),
+    ("--n-iter", "n_iter", lambda v: v >= 1, ">= 1"),
+    ("--lr", "lr", lambda v: v > 0, "> 0"),
+)
+"""(flag, argument, check, rule) of the numeric options: a usage error names the flag and the value."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 success, 1 error, 2 usage error, 130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "batch_size", 1) < 1 or getattr(args, "max_length", 2) < 2:
-        parser.error("--batch-size must be >= 1 and --max-length >= 2")
-    if getattr(args, "finetune_steps", 0) < 0 or getattr(args, "n_iter", 1) < 1 or getattr(args, "lr", 1.0) <= 0:
-        parser.error("--finetune-steps must be >= 0, --n-iter >= 1 and --lr > 0")
+    for flag, attr, ok, rule in _NUMERIC_RULES:
+        if hasattr(args, attr) and not ok(getattr(args, attr)):
+            parser.error(f"{flag} must be {rule}, got {getattr(args, attr)}")
     try:
         import_torchao_quietly()  # before transformers imports it
     except ImportError:  # a declared dependency; quantnoise_kernels.scalar says so where it needs it
