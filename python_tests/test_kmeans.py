@@ -38,7 +38,8 @@ def test_assign_matches_reference_with_ties(device, dim, isa):
 
 
 @pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("k", [1, 16, 100, 256, 1000])
+# 7 and 301: a tail of k % 4 (AVX2) and k % 8 (AVX-512) centroids after the interleaved main loop.
+@pytest.mark.parametrize("k", [1, 7, 16, 100, 256, 301, 1000])
 def test_assign_random_data(device, k, isa):
     x = torch.randn(1, 3000, 8, device=device)
     c = torch.randn(1, k, 8, device=device)
